@@ -1,0 +1,130 @@
+"""Make our trainers findable by the stock ``nnUNetv2_train`` / ``nnUNetv2_predict`` commands.
+
+Why: nnU-Net 2.8 finds a trainer class by importing *every* module under
+``nnunetv2.training.nnUNetTrainer`` and only then the folders in ``nnUNet_extTrainer``. One of its
+own modules imports timm -> torchvision, which fails to import next to a CPU torch wheel, so the
+stock search crashes before it ever reaches a plugin folder (SPEC §5).
+
+How: the wheel installs ``nnunetv2_petct_discovery.pth`` into site-packages; its single line calls
+:func:`install`, which puts a tiny finder at the front of ``sys.meta_path``. The finder does nothing
+until the module ``nnunetv2.utilities.find_objects`` is imported; then, right after that module has
+executed, it wraps ``recursive_find_trainer_class_by_name`` so that names of *our* trainers resolve
+directly to our classes and every other name goes to nnU-Net's own function unchanged. Because
+``run_training`` and ``predict_from_raw_data`` import the function by name after that moment, both
+stock commands see the wrapper.
+
+Defensive by design:
+- the start-up cost is one small module (no nnunetv2/torch import); ``python -X importtime`` shows it;
+- if nnU-Net no longer has the function, nothing is patched, a warning says so, and nnU-Net's own
+  behaviour (including ``nnUNet_extTrainer``) is left in place;
+- any error while looking up our trainers falls back to nnU-Net's own search, with a warning;
+- ``NNUNETV2_PETCT_NO_HOOK=1`` disables the hook entirely;
+- uninstalling the package removes the ``.pth`` file (it is listed in the wheel's RECORD).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+TARGET_MODULE = "nnunetv2.utilities.find_objects"
+TARGET_FUNCTION = "recursive_find_trainer_class_by_name"
+DISABLE_ENV = "NNUNETV2_PETCT_NO_HOOK"
+
+
+def _warn(message: str) -> None:
+    # logging is not configured in nnU-Net's CLIs; a plain stderr line is what users see.
+    print(f"[nnunetv2_petct] {message}", file=sys.stderr)
+
+
+def wrap_trainer_lookup(module) -> bool:
+    """Wrap ``module.recursive_find_trainer_class_by_name`` (idempotent). Returns True when patched."""
+    original = getattr(module, TARGET_FUNCTION, None)
+    if original is None or not callable(original):
+        _warn(
+            f"{TARGET_MODULE}.{TARGET_FUNCTION} not found (nnU-Net changed?): our trainers are only "
+            f"found through nnU-Net's own search, e.g. nnUNet_extTrainer=<repo>/trainers."
+        )
+        return False
+    if getattr(original, "_nnunetv2_petct_wrapped", False):
+        return True
+
+    def recursive_find_trainer_class_by_name(trainer_name: str):
+        try:
+            from nnunetv2_petct.nnunet.registry import find_trainer_class
+
+            trainer_class = find_trainer_class(trainer_name)
+        except Exception as e:  # never make nnU-Net worse than without us
+            _warn(f"looking up {trainer_name!r} among our trainers failed ({e!r}); using nnU-Net's own search.")
+            trainer_class = None
+        if trainer_class is not None:
+            return trainer_class
+        return original(trainer_name)
+
+    recursive_find_trainer_class_by_name.__wrapped__ = original
+    recursive_find_trainer_class_by_name.__doc__ = original.__doc__
+    recursive_find_trainer_class_by_name._nnunetv2_petct_wrapped = True
+    setattr(module, TARGET_FUNCTION, recursive_find_trainer_class_by_name)
+    return True
+
+
+class _PatchingLoader:
+    """Delegates to the real loader and patches the module right after it executed."""
+
+    def __init__(self, loader) -> None:
+        self._loader = loader
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        self._loader.exec_module(module)
+        try:
+            wrap_trainer_lookup(module)
+        except Exception as e:
+            _warn(f"could not install the trainer lookup ({e!r}); nnU-Net's own behaviour applies.")
+
+    def __getattr__(self, name):  # get_source, get_code, ... for tracebacks and linecache
+        return getattr(self._loader, name)
+
+
+class _Finder:
+    """``sys.meta_path`` entry that only reacts to :data:`TARGET_MODULE`."""
+
+    _busy = False
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != TARGET_MODULE or self._busy:
+            return None
+        self._busy = True
+        try:
+            for finder in sys.meta_path:
+                if finder is self or not hasattr(finder, "find_spec"):
+                    continue
+                spec = finder.find_spec(fullname, path, target)
+                if spec is not None:
+                    break
+            else:
+                return None
+        finally:
+            self._busy = False
+        if spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        spec.loader = _PatchingLoader(spec.loader)
+        return spec
+
+
+def install() -> None:
+    """Called from the ``.pth`` file at interpreter start-up. Cheap and never raises."""
+    try:
+        if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
+            return
+        if any(isinstance(f, _Finder) for f in sys.meta_path):
+            return
+        module = sys.modules.get(TARGET_MODULE)
+        if module is not None:  # already imported (e.g. install() called late): patch in place
+            wrap_trainer_lookup(module)
+            return
+        sys.meta_path.insert(0, _Finder())
+    except Exception as e:  # a .pth line must never break the interpreter
+        _warn(f"discovery hook not installed ({e!r}).")

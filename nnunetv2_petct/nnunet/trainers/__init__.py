@@ -1,0 +1,1 @@
+"""Our nnU-Net trainers. Import the concrete modules (``base``, ``mae``, ``finetune``) directly."""

@@ -1,0 +1,85 @@
+"""Shared fixtures: nnU-Net folders in a temp dir, a tiny planned PET/CT phantom dataset, CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+TESTDATA = SHARED / "testdata"
+BIN = Path(sys.executable).parent
+
+
+def cli(name: str) -> str:
+    """Path of a console script installed next to this interpreter (the real CLI users run)."""
+    path = BIN / name
+    if not path.exists():
+        pytest.fail(f"console script {name} is not installed next to {sys.executable}; run `make setup`")
+    return str(path)
+
+
+def nnunet_env(root: Path, **extra: str) -> dict[str, str]:
+    """A clean environment for nnU-Net subprocesses: temp folders, CPU-friendly settings, no ext trainers."""
+    env = {k: v for k, v in os.environ.items() if k not in ("nnUNet_extTrainer", "NNUNETV2_PETCT_NO_HOOK")}
+    env.update(
+        nnUNet_raw=str(root / "raw"),
+        nnUNet_preprocessed=str(root / "preprocessed"),
+        nnUNet_results=str(root / "results"),
+        nnUNet_def_n_proc="2",
+        nnUNet_n_proc_DA="0",
+        nnUNet_compile="false",
+        OMP_NUM_THREADS="2",
+        MPLBACKEND="Agg",
+        PYTHONUNBUFFERED="1",
+    )
+    for k in ("raw", "preprocessed", "results"):
+        (root / k).mkdir(parents=True, exist_ok=True)
+    env.update(extra)
+    return env
+
+
+def run(cmd: list[str], env: dict[str, str], timeout: float = 600, check: bool = True,
+        cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run a command; on an unexpected exit code fail with the tail of its output."""
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    if check and proc.returncode != 0:
+        tail = (proc.stdout[-4000:] + "\n--- stderr ---\n" + proc.stderr[-6000:])
+        pytest.fail(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{tail}")
+    return proc
+
+
+@dataclass
+class TinyDataset:
+    root: Path
+    env: dict[str, str]
+    dataset_id: int
+    dataset_name: str
+    test_images: Path  # raw images (CT _0000, PET _0001) of held-out phantom cases
+    test_labels: Path
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> TinyDataset:
+    """Tiny labeled PET/CT phantom dataset, planned and preprocessed with shrunk (tiny) plans.
+
+    Shared by the end-to-end tests (each trainer writes its own results folder).
+    """
+    from nnunetv2_petct.phantoms import make_cohort, write_nnunet_raw_dataset
+
+    root = tmp_path_factory.mktemp("nnunet")
+    env = nnunet_env(root)
+    dataset_id, name = 501, "PETCTPhantomTiny"
+    cases = make_cohort(8, seed=1, size="tiny", prefix="train")
+    ds_dir = write_nnunet_raw_dataset(cases, root / "raw", dataset_id, name)
+    held_out = make_cohort(2, seed=2, size="tiny", lesion_free_fraction=0.0, prefix="test")
+    ts_dir = write_nnunet_raw_dataset(held_out, root / "heldout", dataset_id, name)
+    run([cli("nnUNetv2_plan_and_preprocess"), "-d", str(dataset_id), "-c", "3d_fullres", "-np", "2",
+         "--verify_dataset_integrity"], env, timeout=900)
+    run([cli("nnUNetv2_petct_tiny_plans"), "-d", str(dataset_id)], env)
+    return TinyDataset(root, env, dataset_id, ds_dir.name, ts_dir / "imagesTr", ts_dir / "labelsTr")
