@@ -1,0 +1,76 @@
+"""``python -m nnunetv2_petct.benchmarks NAME [--json] [--device cpu|cuda]``: print benchmark figures."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import platform
+import sys
+import time
+
+BENCHMARKS = {
+    "mae-step": ("bench_mae_step", "seconds per training step: MAE trainer vs plain nnUNetTrainer, same network"),
+    "dataloader": ("bench_dataloader", "pretraining patches per second from preprocessed blosc2 data"),
+    "convert": ("bench_convert", "wall time and peak memory to convert one full-size study"),
+    "predict": ("bench_predict", "seconds per full-size case for stock nnUNetv2_predict"),
+    "evaluation": ("bench_evaluation", "seconds per whole-body case for autoPET metrics and lesion quantification"),
+}
+
+
+def machine() -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version()}
+    try:
+        import os
+
+        info["cpu_count"] = os.cpu_count()
+        import torch
+
+        info["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except Exception:
+        pass
+    return info
+
+
+def run_one(name: str, **kwargs) -> dict:
+    module_name, _ = BENCHMARKS[name]
+    module = importlib.import_module(f"nnunetv2_petct.benchmarks.{module_name}")
+    accepted = inspect.signature(module.run).parameters
+    kwargs = {k: v for k, v in kwargs.items() if v is not None and k in accepted}
+    t0 = time.perf_counter()
+    result = module.run(**kwargs)
+    return {"benchmark": name, **result, "machine": machine(), "wall_s": round(time.perf_counter() - t0, 3)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m nnunetv2_petct.benchmarks",
+        description="Print benchmark figures. Benchmarks: "
+        + "; ".join(f"{k}: {v[1]}" for k, v in BENCHMARKS.items()),
+    )
+    p.add_argument("name", choices=[*BENCHMARKS, "all"])
+    p.add_argument("--json", action="store_true", help="one JSON line per benchmark")
+    p.add_argument("--device", default=None, help="cpu or cuda (benchmarks that train or predict)")
+    a = p.parse_args(argv)
+    names = list(BENCHMARKS) if a.name == "all" else [a.name]
+    status = 0
+    for name in names:
+        try:
+            result = run_one(name, device=a.device)
+        except Exception as e:  # keep going in 'all'; report the failure as a figure-less line
+            result = {"benchmark": name, "error": repr(e)}
+            status = 1
+        if a.json:
+            print(json.dumps(result), flush=True)
+        else:
+            print(f"== {name}")
+            for k, v in result.items():
+                print(f"  {k}: {v}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
