@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CONSTRAINTS := constraints/torch-cpu.txt
 # Test/CI-friendly nnU-Net settings (2 cores, no GPU).
 export nnUNet_def_n_proc ?= 2
-export nnUNet_n_proc_DA ?= 0
+
 export nnUNet_compile ?= false
 export OMP_NUM_THREADS ?= 2
 export MPLBACKEND ?= Agg

@@ -32,7 +32,7 @@ def nnunet_env(root: Path, **extra: str) -> dict[str, str]:
         nnUNet_preprocessed=str(root / "preprocessed"),
         nnUNet_results=str(root / "results"),
         nnUNet_def_n_proc="2",
-        nnUNet_n_proc_DA="0",
+        nnUNet_n_proc_DA="0",  # single-threaded augmentation: cheapest for tiny patches on 2 cores
         nnUNet_compile="false",
         OMP_NUM_THREADS="2",
         MPLBACKEND="Agg",
@@ -79,7 +79,8 @@ def tiny_dataset(tmp_path_factory) -> TinyDataset:
     ds_dir = write_nnunet_raw_dataset(cases, root / "raw", dataset_id, name)
     held_out = make_cohort(2, seed=2, size="tiny", lesion_free_fraction=0.0, prefix="test")
     ts_dir = write_nnunet_raw_dataset(held_out, root / "heldout", dataset_id, name)
+    # nnU-Net's planner calls torch.set_num_threads(nnUNet_n_proc_DA): it must be > 0 there.
     run([cli("nnUNetv2_plan_and_preprocess"), "-d", str(dataset_id), "-c", "3d_fullres", "-np", "2",
-         "--verify_dataset_integrity"], env, timeout=900)
+         "--verify_dataset_integrity"], {**env, "nnUNet_n_proc_DA": "2"}, timeout=900)
     run([cli("nnUNetv2_petct_tiny_plans"), "-d", str(dataset_id)], env)
     return TinyDataset(root, env, dataset_id, ds_dir.name, ts_dir / "imagesTr", ts_dir / "labelsTr")

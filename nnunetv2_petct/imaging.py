@@ -1,0 +1,213 @@
+"""Shared SimpleITK / numpy imaging utilities (pure library: no nnunetv2 import).
+
+Axis conventions
+----------------
+* numpy arrays are (z, y, x), as returned by ``sitk.GetArrayFromImage``;
+* ``spacing_mm`` tuples in this package are (z, y, x) as well;
+* SimpleITK's own ``GetSpacing()``, ``GetOrigin()``, ``GetSize()`` and index tuples are (x, y, z).
+  Every function here converts explicitly and says which order it expects.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+logger = logging.getLogger(__name__)
+
+_INTERPOLATORS = {
+    "linear": sitk.sitkLinear,
+    "nearest": sitk.sitkNearestNeighbor,
+    "bspline": sitk.sitkBSpline,
+}
+
+
+def resample_to_reference(
+    image: sitk.Image,
+    reference: sitk.Image,
+    interpolator: str = "linear",
+    default_value: float = 0.0,
+) -> sitk.Image:
+    """Resample ``image`` onto the grid (size, spacing, origin, direction) of ``reference``.
+
+    The mapping uses the physical geometry of both headers (origin, spacing and direction) with an
+    identity transform, so two images that cover the same patient in world coordinates line up
+    whatever their array sizes. Points of the reference grid outside ``image`` get ``default_value``.
+
+    Args:
+        image: image to resample (any scalar pixel type).
+        reference: image whose grid defines the output.
+        interpolator: ``"linear"``, ``"nearest"`` (use for label maps) or ``"bspline"``.
+        default_value: fill value outside ``image`` (e.g. -1024 for CT in HU).
+
+    Returns:
+        A new image on the reference grid with the same pixel type as ``image``. For integer pixel
+        types, linear/B-spline values are rounded by SimpleITK's cast (truncation toward zero is
+        avoided by resampling in float and rounding before the cast).
+
+    Raises:
+        ValueError: unknown interpolator name.
+    """
+    key = interpolator.lower()
+    if key not in _INTERPOLATORS:
+        raise ValueError(f"unknown interpolator {interpolator!r}; use one of {sorted(_INTERPOLATORS)}")
+    pixel_id = image.GetPixelID()
+    integer_input = pixel_id in (
+        sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16,
+        sitk.sitkUInt32, sitk.sitkInt32, sitk.sitkUInt64, sitk.sitkInt64,
+    )
+    transform = sitk.Transform(image.GetDimension(), sitk.sitkIdentity)
+    if integer_input and key != "nearest":
+        # Interpolate in float, then round and cast back (a direct integer resample truncates).
+        out = sitk.Resample(
+            sitk.Cast(image, sitk.sitkFloat32), reference, transform, _INTERPOLATORS[key],
+            float(default_value), sitk.sitkFloat32,
+        )
+        arr = np.rint(sitk.GetArrayViewFromImage(out))
+        info = np.iinfo(sitk.GetArrayViewFromImage(image).dtype)
+        arr = np.clip(arr, info.min, info.max).astype(info.dtype)
+        res = sitk.GetImageFromArray(arr)
+        res.CopyInformation(out)
+        return res
+    return sitk.Resample(
+        image, reference, transform, _INTERPOLATORS[key], float(default_value), pixel_id
+    )
+
+
+def same_geometry(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> bool:
+    """True if ``a`` and ``b`` share size, spacing, origin and direction (absolute tolerance ``tol``)."""
+    if a.GetDimension() != b.GetDimension() or tuple(a.GetSize()) != tuple(b.GetSize()):
+        return False
+    for fa, fb in (
+        (a.GetSpacing(), b.GetSpacing()),
+        (a.GetOrigin(), b.GetOrigin()),
+        (a.GetDirection(), b.GetDirection()),
+    ):
+        if not np.allclose(np.asarray(fa, float), np.asarray(fb, float), rtol=0.0, atol=tol):
+            return False
+    return True
+
+
+def spacing_mm_zyx(image: sitk.Image) -> tuple[float, ...]:
+    """Voxel spacing in mm in numpy (z, y, x) order (SimpleITK's ``GetSpacing()`` reversed)."""
+    return tuple(float(s) for s in reversed(image.GetSpacing()))
+
+
+def image_to_array_zyx(image: sitk.Image) -> np.ndarray:
+    """Copy of the voxel array in (z, y, x) order."""
+    return sitk.GetArrayFromImage(image)
+
+
+def array_zyx_to_image(
+    array: np.ndarray,
+    spacing_mm: Sequence[float],
+    origin_mm_xyz: Sequence[float],
+    direction: Sequence[float] | None = None,
+) -> sitk.Image:
+    """Build a SimpleITK image from a (z, y, x) array.
+
+    Args:
+        array: voxel array in (z, y, x) order.
+        spacing_mm: spacing in (z, y, x) order (converted to SimpleITK's (x, y, z)).
+        origin_mm_xyz: physical origin in SimpleITK/LPS (x, y, z) order, as ``SetOrigin`` expects.
+        direction: flattened 3x3 direction matrix (SimpleITK convention); identity if None.
+    """
+    img = sitk.GetImageFromArray(np.asarray(array))
+    img.SetSpacing(tuple(float(s) for s in reversed(tuple(spacing_mm))))
+    img.SetOrigin(tuple(float(o) for o in origin_mm_xyz))
+    if direction is not None:
+        img.SetDirection(tuple(float(d) for d in direction))
+    return img
+
+
+def body_mask(ct_hu: np.ndarray, threshold_hu: float = -500) -> np.ndarray:
+    """Body mask from a CT in HU: largest 3D connected component of ``ct_hu > threshold_hu``.
+
+    Holes (lungs, bowel gas) are filled slice by slice in the axial plane (axis 0 = z), which keeps
+    the lungs inside the body without closing the open ends of the body along z.
+
+    Args:
+        ct_hu: CT array in HU, (z, y, x) (2D input is treated as one slice).
+        threshold_hu: voxels strictly above this value are candidate body voxels.
+
+    Returns:
+        bool array of ``ct_hu.shape``; all False when no voxel exceeds the threshold (or the input
+        is empty). Connectivity is 26-neighbourhood.
+    """
+    ct = np.asarray(ct_hu)
+    if ct.size == 0:
+        return np.zeros(ct.shape, dtype=bool)
+    squeeze = ct.ndim == 2
+    if squeeze:
+        ct = ct[None]
+    fg = ct > threshold_hu
+    if not fg.any():
+        out = np.zeros(ct.shape, dtype=bool)
+        return out[0] if squeeze else out
+    lab, n = ndimage.label(fg, structure=np.ones((3, 3, 3), dtype=bool))
+    if n > 1:
+        counts = np.bincount(lab.ravel())
+        counts[0] = 0
+        mask = lab == int(np.argmax(counts))
+    else:
+        mask = lab > 0
+    for z in range(mask.shape[0]):
+        if mask[z].any():
+            mask[z] = ndimage.binary_fill_holes(mask[z])
+    return mask[0] if squeeze else mask
+
+
+def mask_bbox_zyx(mask: np.ndarray, margin_vox: int = 0) -> tuple[slice, ...] | None:
+    """Bounding box of a non-empty mask as (z, y, x) slices, grown by ``margin_vox`` and clipped to
+    the array; None for an empty mask."""
+    m = np.asarray(mask).astype(bool)
+    if not m.any():
+        return None
+    slices = []
+    for axis in range(m.ndim):
+        other = tuple(a for a in range(m.ndim) if a != axis)
+        idx = np.flatnonzero(m.any(axis=other))
+        lo = max(int(idx[0]) - margin_vox, 0)
+        hi = min(int(idx[-1]) + 1 + margin_vox, m.shape[axis])
+        slices.append(slice(lo, hi))
+    return tuple(slices)
+
+
+def crop_to_mask_bbox(
+    images: list[sitk.Image], mask: np.ndarray, margin_vox: int = 3
+) -> list[sitk.Image]:
+    """Crop images that share one grid to the bounding box of ``mask`` plus ``margin_vox`` voxels.
+
+    Cropping uses SimpleITK slicing, so each output's origin is moved to the physical position of
+    its first kept voxel (spacing and direction unchanged): the voxels stay where they were in
+    world coordinates.
+
+    Args:
+        images: images on the same grid as ``mask`` (size checked, (x, y, z) = mask.shape reversed).
+        mask: (z, y, x) boolean (or 0/1) mask.
+        margin_vox: margin added on each side of the box, clipped to the image.
+
+    Returns:
+        The cropped images, in input order. An empty mask returns the input images unchanged (a
+        warning is logged).
+
+    Raises:
+        ValueError: an image's size does not match the mask's shape.
+    """
+    m = np.asarray(mask)
+    expected = tuple(reversed(m.shape))
+    for i, img in enumerate(images):
+        if tuple(img.GetSize()) != expected:
+            raise ValueError(
+                f"image {i} has size (x,y,z) {tuple(img.GetSize())}, mask implies {expected}"
+            )
+    box = mask_bbox_zyx(m, margin_vox)
+    if box is None:
+        logger.warning("crop_to_mask_bbox: empty mask, returning %d image(s) uncropped", len(images))
+        return list(images)
+    sz, sy, sx = box
+    return [img[sx.start:sx.stop, sy.start:sy.stop, sz.start:sz.stop] for img in images]
