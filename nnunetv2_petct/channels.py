@@ -32,17 +32,33 @@ def channel_kind(name: str) -> str:
     return "unknown"
 
 
-def check_channels(channel_names: Mapping[str, str], expected: Sequence[str] = ("CT", "PET")) -> None:
+def pet_normalized_globally(dataset_json: Mapping) -> bool:
+    """True when the converter wrote PET as a second ``"ct"``-named channel on purpose.
+
+    ``nnUNetv2_petct_convert --pet-normalization global`` names the channels ``{"0": "CT", "1": "ct"}``
+    (nnU-Net 2.8 gives dataset-wide normalization only to channels named "ct") and records
+    ``dataset.json["petct_normalization"]["pet"] == "global"``.
+    """
+    record = dataset_json.get("petct_normalization") or {}
+    return isinstance(record, Mapping) and record.get("pet") == "global"
+
+
+def check_channels(channel_names: Mapping[str, str], expected: Sequence[str] = ("CT", "PET"),
+                   pet_global: bool = False) -> None:
     """Raise :class:`ChannelOrderError` unless the channels are exactly ``expected``, in order.
 
     ``channel_names`` is ``dataset.json["channel_names"]`` (keys ``"0"``, ``"1"``, ...). The message
     names what was found and how to fix it (the converters write ``{"0": "CT", "1": "PET"}``).
+    With ``pet_global`` (see :func:`pet_normalized_globally`) a CT-named channel counts as PET where
+    PET is expected.
     """
     try:
         ordered = [channel_names[str(i)] for i in range(len(channel_names))]
     except KeyError as e:
         raise ChannelOrderError(f"dataset.json channel_names must have keys '0'..'{len(channel_names) - 1}', got {dict(channel_names)}") from e
     kinds = [channel_kind(n) for n in ordered]
+    if pet_global:
+        kinds = ["PET" if (k == "CT" and e == "PET") else k for k, e in zip(kinds, expected)]
     if len(ordered) != len(expected) or kinds != list(expected):
         wanted = ", ".join(f"_{i:04d} = {k}" for i, k in enumerate(expected))
         found = ", ".join(f"_{i:04d} = {n!r} ({k})" for i, (n, k) in enumerate(zip(ordered, kinds)))

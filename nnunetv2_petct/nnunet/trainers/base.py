@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunetv2_petct.channels import check_channels
+from nnunetv2_petct.channels import check_channels, pet_normalized_globally
 
 
 class PETCTChannelCheckMixin:
@@ -23,7 +23,8 @@ class PETCTChannelCheckMixin:
 
     def initialize(self):
         if not self.was_initialized:
-            check_channels(self.dataset_json["channel_names"], self.expected_channels)
+            check_channels(self.dataset_json["channel_names"], self.expected_channels,
+                           pet_global=pet_normalized_globally(self.dataset_json))
         super().initialize()
 
 

@@ -1,0 +1,114 @@
+"""``nnUNetv2_petct_convert``: convert a public PET/CT cohort into an nnU-Net raw dataset.
+
+Exit codes: 0 all cases converted (or already done), 1 some case failed (the others are written),
+2 bad input (unknown cohort, missing folder, layout mismatch, no nnUNet_raw).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+EPILOG = """\
+cohorts and their layouts:
+  autopet         <root>/PETCT_<hash>/<date>-NA-.../{CT,CTres,PET,SUV,SEG}.nii.gz (TCIA NIfTI release)
+  autopet-nnunet  <root>/imagesTr/fdg_<hash>_<date>_000{0,1}.nii.gz + labelsTr/ (autoPET III/IV release);
+                  --include-psma also takes the psma_* cases
+  autopet-dicom   TCIA DICOM release (PET, CT, DICOM-SEG per study)
+  deep-psma       <root>/train_XXXX/FDG/{CT,PET,TTB}.nii.gz (PSMA/ folders ignored)
+  spade           <root>/<patient>/<scan>/{pet.npy,ct.npy}; --spacing (default 3 3.5 3.5 mm, z y x),
+                  --pet-units, --exclude (the 11 known-bad scans are always excluded)
+  vimed-pet       per-study folders of arrays (.npy/.npz) or volumes (.nii.gz/.nrrd/.mha);
+                  --pet-glob, --ct-glob, --spacing (arrays), --ct-offset/--ct-slope (HU = raw*slope+offset)
+  dicom           any folder of DICOM PET/CT studies (SUVbw computed from the headers)
+
+output: $nnUNet_raw/DatasetXXX_<Name>/ with imagesTr (_0000 = CT in HU, _0001 = PET), labelsTr
+(lesion masks, or body masks for unlabeled cohorts), dataset.json, manifest.jsonl (one record per
+case: units, spacing, shape, source, assumptions), conversion_failures.json.
+Labeled cohorts keep the PET grid (no crop); unlabeled ones are cropped to the body (--no-crop).
+Re-running skips finished cases (--overwrite redoes them).
+
+examples:
+  nnUNetv2_petct_convert autopet /data/FDG-PET-CT-Lesions -d 221 -np 8
+  nnUNetv2_petct_convert spade /data/SPADE -d 223 --exclude bad_scans.txt
+  nnUNetv2_petct_convert vimed-pet /data/vimed -d 224 --spacing 3 2.7 2.7 --ct-offset -1024
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from nnunetv2_petct.conversion.registry import COHORTS
+
+    p = argparse.ArgumentParser(
+        prog="nnUNetv2_petct_convert",
+        description="Convert a PET/CT cohort into nnU-Net v2 raw format (CT resampled onto the PET grid).",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("cohort", choices=list(COHORTS), help="cohort layout of SOURCE")
+    p.add_argument("source", type=Path, help="the cohort's folder as downloaded (read only)")
+    p.add_argument("-d", "--dataset-id", type=int, required=True, help="nnU-Net dataset id (1..999)")
+    p.add_argument("--name", default=None, help="dataset name (default per cohort, e.g. AutoPET)")
+    p.add_argument("-o", "--raw-dir", default=None, help="output root (default: $nnUNet_raw)")
+    p.add_argument("-np", "--num-processes", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--overwrite", action="store_true", help="redo cases that are already converted")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar; only failures and the summary")
+    crop = p.add_mutually_exclusive_group()
+    crop.add_argument("--crop", dest="crop", action="store_true", default=None,
+                      help="crop to the body (CT > -500 HU) even for a labeled cohort")
+    crop.add_argument("--no-crop", dest="crop", action="store_false",
+                      help="keep the full PET grid even for an unlabeled cohort")
+    p.add_argument("--pet-normalization", choices=("zscore", "global"), default="zscore",
+                   help="zscore: PET channel named 'PET' -> nnU-Net per-image z-score (default); global: "
+                        "PET channel named 'ct' -> nnU-Net's CT-style dataset-wide normalization")
+    p.add_argument("--min-overlap", type=float, default=0.5,
+                   help="fail a case whose CT covers less than this fraction of the PET's axial extent (0.5)")
+    g = p.add_argument_group("cohort-specific options")
+    g.add_argument("--include-psma", action="store_true", default=None, help="autopet-nnunet: also psma_* cases")
+    g.add_argument("--allow-non-fdg", action="store_true", default=None,
+                   help="dicom/autopet-dicom: accept non-FDG tracers")
+    g.add_argument("--missing-seg-empty", action="store_true", default=None,
+                   help="autopet-dicom: a study without DICOM-SEG gets an empty label instead of failing")
+    g.add_argument("--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"), default=None,
+                   help="spade/vimed-pet: voxel spacing in mm of header-less arrays")
+    g.add_argument("--array-axes", choices=("zyx", "xyz", "yxz"), default=None,
+                   help="spade/vimed-pet: axis order of the stored arrays (default zyx)")
+    g.add_argument("--pet-units", default=None, help="spade/vimed-pet: PET units to record (default unknown)")
+    g.add_argument("--exclude", type=Path, default=None,
+                   help="spade/vimed-pet: file of scans to leave out (patient/scan or case id per line)")
+    g.add_argument("--pet-glob", default=None, help="vimed-pet: PET file name pattern (default *pet*)")
+    g.add_argument("--ct-glob", default=None, help="vimed-pet: CT file name pattern (default *ct*)")
+    g.add_argument("--ct-offset", type=float, default=None, help="vimed-pet: HU = raw * slope + OFFSET")
+    g.add_argument("--ct-slope", type=float, default=None, help="vimed-pet: HU = raw * SLOPE + offset")
+    return p
+
+
+COHORT_OPTION_DESTS = ("include_psma", "allow_non_fdg", "missing_seg_empty", "spacing", "array_axes", "pet_units", "exclude",
+                       "pet_glob", "ct_glob", "ct_offset", "ct_slope")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from nnunetv2_petct.conversion.core import BadInputError
+    from nnunetv2_petct.conversion.registry import convert_cohort
+
+    if a.num_processes < 1:
+        parser.error("-np must be >= 1")
+    options = {k: getattr(a, k) for k in COHORT_OPTION_DESTS if getattr(a, k) is not None}
+    try:
+        report = convert_cohort(
+            a.cohort, a.source, a.dataset_id, a.raw_dir, name=a.name, num_processes=a.num_processes,
+            overwrite=a.overwrite, quiet=a.quiet, crop=a.crop, pet_normalization=a.pet_normalization,
+            min_overlap_fraction=a.min_overlap, **options,
+        )
+    except BadInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""Merge converted datasets into one unlabeled nnU-Net pretraining dataset (SPEC §2, §5).
+
+Every case of every source dataset (``nnUNetv2_petct_convert`` output) becomes a case
+``<cohort>_<case id>`` (cohort families: all AutoPET layouts -> ``autopet``, ``deep-psma`` ->
+``deeppsma``, ``vimed-pet`` -> ``vimed``, ...), so the same AutoPET study converted from two layouts
+is detected as a duplicate and kept once. The label is a body mask (CT > -500 HU, largest component,
+axial holes filled), which nnU-Net planning needs (all-zero labels crash its fingerprinting); lesion
+labels are dropped. Labels are ``{"background": 0, "body": 1}``.
+
+Images are hard-linked from the source dataset when possible (same file system), else copied. Cases
+that were not cropped at conversion (labeled cohorts keep the PET grid) are cropped to the body here
+by default (the authors crop every scan), which means rewriting them.
+
+A summary (cases per cohort: available, excluded, duplicates, written, failed) is printed and
+written as ``summary.json`` and ``summary.md`` in the new dataset folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from nnunetv2_petct.conversion.core import (
+    BODY_THRESHOLD_HU,
+    BadInputError,
+    CaseResult,
+    ConversionError,
+    _partial_path,
+    case_paths,
+    clean_partial,
+    commit_images,
+    finalize_dataset,
+    is_case_done,
+    read_id_list,
+    read_image,
+    read_manifest,
+    run_parallel,
+    write_json_atomic,
+    write_text_atomic,
+)
+from nnunetv2_petct.conversion.registry import dataset_folder, find_dataset_dir, resolve_raw_dir
+
+COHORT_PREFIX = {
+    "autopet": "autopet", "autopet-nnunet": "autopet", "autopet-dicom": "autopet",
+    "deep-psma": "deeppsma", "spade": "spade", "vimed-pet": "vimed", "dicom": "dicom",
+}
+
+
+def cohort_prefix(cohort: str) -> str:
+    """Case-id prefix of a cohort (one per cohort *family*, see the module docstring)."""
+    return COHORT_PREFIX.get(cohort, "".join(ch for ch in cohort.lower() if ch.isalnum()) or "cohort")
+
+
+@dataclass
+class PretrainingSummary:
+    dataset_dir: Path
+    per_cohort: dict[str, dict[str, int]] = field(default_factory=dict)
+    failed: list[dict] = field(default_factory=list)
+    num_training: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def table(self) -> str:
+        cols = ("available", "excluded", "duplicates", "written", "failed")
+        lines = ["| cohort | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        totals = dict.fromkeys(cols, 0)
+        for cohort, row in sorted(self.per_cohort.items()):
+            lines.append(f"| {cohort} | " + " | ".join(str(row.get(c, 0)) for c in cols) + " |")
+            for c in cols:
+                totals[c] += row.get(c, 0)
+        lines.append("| **total** | " + " | ".join(str(totals[c]) for c in cols) + " |")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"dataset_dir": str(self.dataset_dir), "per_cohort": self.per_cohort, "failed": self.failed,
+                "num_training": self.num_training, "seconds": round(self.seconds, 2)}
+
+
+def link_or_copy(src: Path, dst: Path, dataset_dir: Path) -> str:
+    """Hard-link ``src`` to ``dst`` (atomically, through ``.partial/``), copying when linking is not
+    possible (another file system, no permission). Returns ``"hardlink"`` or ``"copy"``."""
+    tmp = _partial_path(dataset_dir, dst)
+    try:
+        try:
+            os.link(src, tmp)
+            how = "hardlink"
+        except OSError:
+            shutil.copyfile(src, tmp)
+            how = "copy"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return how
+
+
+def assemble_one(src_dir: str, record: dict, out_dir: str, new_id: str, crop: bool, margin_vox: int,
+                 overwrite: bool) -> CaseResult:
+    """Put one converted case into the pretraining dataset (worker function; never raises)."""
+    import SimpleITK as sitk
+
+    from nnunetv2_petct.imaging import body_mask, mask_bbox_zyx
+
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    src = case_paths(Path(src_dir), record["case_id"])
+    dst = case_paths(out, new_id)
+    if not overwrite and is_case_done(out, new_id):
+        return CaseResult(new_id, "existing", str(src["ct"].parent))
+    try:
+        if dst["record"].exists():
+            dst["record"].unlink()
+        ct = read_image(src["ct"])
+        ct_arr = sitk.GetArrayViewFromImage(ct)
+        mask = body_mask(ct_arr, BODY_THRESHOLD_HU)
+        if not mask.any():
+            raise ConversionError("empty body mask (no CT voxel above -500 HU)")
+        recrop = crop and not record.get("cropped", False)
+        new = json.loads(json.dumps(record))
+        if recrop:
+            pet = read_image(src["pet"])
+            box = mask_bbox_zyx(mask, margin_vox)
+            sz, sy, sx = box
+            lab = sitk.GetImageFromArray(mask.astype(np.uint8))
+            lab.CopyInformation(ct)
+            images = {k: v[sx.start:sx.stop, sy.start:sy.stop, sz.start:sz.stop]
+                      for k, v in {"ct": ct, "pet": pet, "label": lab}.items()}
+            commit_images(out, images, dst)
+            files = "rewritten (cropped to the body)"
+            new["cropped"] = True
+            new["crop_box_zyx"] = [[s.start, s.stop] for s in box]
+            new["shape_zyx"] = [int(s) for s in reversed(images["pet"].GetSize())]
+            new["origin_mm_xyz"] = [round(float(o), 4) for o in images["pet"].GetOrigin()]
+            n_fg = int(np.count_nonzero(mask[box]))
+        else:
+            how = {link_or_copy(src[k], dst[k], out) for k in ("ct", "pet")}
+            files = "/".join(sorted(how))
+            lab = sitk.GetImageFromArray(mask.astype(np.uint8))
+            lab.CopyInformation(ct)
+            commit_images(out, {"label": lab}, dst)
+            n_fg = int(np.count_nonzero(mask))
+        voxel_ml = float(np.prod(ct.GetSpacing())) / 1000.0
+        new.update({
+            "case_id": new_id,
+            "patient_id": f"{cohort_prefix(record['cohort'])}_{record['patient_id']}",
+            "source_dataset": Path(src_dir).name,
+            "source_case_id": record["case_id"],
+            "label": {"kind": "body_mask", "source": f"CT > {BODY_THRESHOLD_HU:g} HU, largest component",
+                      "foreground_voxels": n_fg, "foreground_ml": round(n_fg * voxel_ml, 3),
+                      "file": str(dst["label"].relative_to(out))},
+            "pretraining_files": files,
+        })
+        for k, key in (("0", "ct"), ("1", "pet")):
+            new["channels"][k]["file"] = str(dst[key].relative_to(out))
+        write_json_atomic(new, dst["record"])
+    except Exception as e:  # noqa: BLE001 - one bad case must not stop the others
+        reason = str(e) if isinstance(e, ConversionError) else f"{type(e).__name__}: {e}"
+        return CaseResult(new_id, "failed", str(src["ct"].parent), reason, time.perf_counter() - t0)
+    return CaseResult(new_id, "converted", str(src["ct"].parent), "", time.perf_counter() - t0)
+
+
+def _excluded(record: dict, new_id: str, exclusions: set[str]) -> bool:
+    keys = record.get("source_keys") or {}
+    cands = {record["case_id"], new_id}
+    if keys.get("patient") and keys.get("scan"):
+        cands.add(f"{keys['patient']}/{keys['scan']}")
+    return bool(cands & exclusions)
+
+
+def build_pretraining_dataset(dataset_id: int, from_datasets: Sequence[int | str], raw_dir: str | os.PathLike | None = None,
+                              *, name: str = "PETCTPretraining", exclude: Path | Iterable[str] | None = None,
+                              crop: bool = True, body_margin_vox: int = 3, num_processes: int = 1,
+                              overwrite: bool = False, quiet: bool = False) -> PretrainingSummary:
+    """Build ``<raw_dir>/DatasetXXX_<name>`` from converted datasets (ids or folder names).
+
+    Args:
+        exclude: a text file (one case id per line: the source case id, the prefixed id, or a
+            SPADE ``patient/scan``; ``#`` comments) or an iterable of ids.
+        crop: crop cases that were not cropped at conversion (default True).
+
+    Raises:
+        BadInputError: unknown source dataset, a source without manifest, the output being one of
+            the sources, or sources with different channel names (PET normalization).
+    """
+    t0 = time.perf_counter()
+    raw = resolve_raw_dir(raw_dir)
+    out_dir = dataset_folder(raw, dataset_id, name)
+    sources = [find_dataset_dir(raw, d) for d in from_datasets]
+    if not sources:
+        raise BadInputError("no source dataset given (--from)")
+    if any(s.resolve() == out_dir.resolve() for s in sources):
+        raise BadInputError(f"{out_dir.name} cannot be built from itself")
+    if exclude is None:
+        exclusions: set[str] = set()
+    elif isinstance(exclude, (str, os.PathLike)):
+        exclusions = set(read_id_list(Path(exclude)))
+    else:
+        exclusions = set(exclude)
+
+    norms, tasks, per_cohort = {}, [], {}
+    seen: dict[str, str] = {}
+    for src in sources:
+        try:
+            dj = json.loads((src / "dataset.json").read_text())
+            records = read_manifest(src)
+        except (OSError, ValueError) as e:
+            raise BadInputError(f"{src.name}: {e}") from None
+        norms[src.name] = dj.get("petct_normalization", {}).get("pet", "zscore")
+        for r in records:
+            prefix = cohort_prefix(r["cohort"])
+            row = per_cohort.setdefault(prefix, {"available": 0, "excluded": 0, "duplicates": 0, "written": 0,
+                                                 "failed": 0})
+            row["available"] += 1
+            new_id = f"{prefix}_{r['case_id']}"
+            if _excluded(r, new_id, exclusions):
+                row["excluded"] += 1
+                continue
+            if new_id in seen:
+                row["duplicates"] += 1
+                continue
+            seen[new_id] = src.name
+            tasks.append((str(src), r, str(out_dir), new_id, crop, body_margin_vox, overwrite))
+    if len(set(norms.values())) > 1:
+        raise BadInputError(f"source datasets disagree on PET normalization {norms}; reconvert with one "
+                            f"--pet-normalization")
+    pet_norm = next(iter(norms.values()))
+    for sub in ("imagesTr", "labelsTr", "manifest"):
+        (out_dir / sub).mkdir(parents=True, exist_ok=True)
+    clean_partial(out_dir)
+    summary = PretrainingSummary(dataset_dir=out_dir, per_cohort=per_cohort)
+
+    def crashed(task: tuple, exc: BaseException) -> CaseResult:
+        return CaseResult(task[3], "failed", task[0], f"worker crashed: {type(exc).__name__}: {exc}")
+
+    prefix_of = {t[3]: cohort_prefix(t[1]["cohort"]) for t in tasks}
+    for res in run_parallel(assemble_one, tasks, num_processes, desc=f"assemble {out_dir.name}", quiet=quiet,
+                            on_crash=crashed):
+        row = per_cohort[prefix_of[res.case_id]]
+        if res.status == "failed":
+            row["failed"] += 1
+            summary.failed.append({"case_id": res.case_id, "source_path": res.source_path, "reason": res.reason})
+            print(f"[nnunetv2_petct] FAILED {res.case_id}: {res.reason}", file=sys.stderr)
+        else:
+            row["written"] += 1
+    clean_partial(out_dir)
+    dj = finalize_dataset(out_dir, name=name, labeled=False, pet_normalization=pet_norm,
+                          description="unlabeled PET/CT pretraining set (body-mask pseudo-labels) from "
+                                      + ", ".join(s.name for s in sources),
+                          extra={"petct_sources": [s.name for s in sources]})
+    summary.num_training = dj["numTraining"]
+    summary.failed.sort(key=lambda f: f["case_id"])
+    summary.seconds = time.perf_counter() - t0
+    write_json_atomic(summary.to_dict(), out_dir / "summary.json")
+    write_text_atomic(f"# {out_dir.name}\n\nSources: {', '.join(s.name for s in sources)}\n\n{summary.table()}\n\n"
+                      f"numTraining = {summary.num_training}\n", out_dir / "summary.md")
+    return summary
