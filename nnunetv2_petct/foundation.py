@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -322,9 +323,10 @@ def check_writable_folder(folder: str | os.PathLike) -> Path:
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write_test.{os.getpid()}"
-        probe.write_bytes(b"ok")
-        probe.unlink()
+        # a unique name: ranks on different nodes of a shared file system can have the same PID
+        fd, probe = tempfile.mkstemp(prefix=".write_test.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as e:
         raise type(e)(f"output folder {folder} is not writable ({e.strerror or e}); check nnUNet_results and its "
                       f"permissions") from e

@@ -1,0 +1,40 @@
+"""``_demo`` variants used by ``make demo``: the real trainers with :class:`DemoScheduleMixin`.
+
+Class names are experiment identities (nnU-Net's output folders), so the demo's short runs never
+mix with real ones.
+"""
+
+from __future__ import annotations
+
+from nnunetv2_petct.nnunet.trainers.base import DemoScheduleMixin
+from nnunetv2_petct.nnunet.trainers.finetune import (
+    nnUNetTrainerPETCTFinetune,
+    nnUNetTrainerPETCTLinearProbe,
+    nnUNetTrainerPETCTScratch,
+)
+from nnunetv2_petct.nnunet.trainers.mae import nnUNetTrainerPETCTMAE
+
+
+class nnUNetTrainerPETCTMAE_demo(DemoScheduleMixin, nnUNetTrainerPETCTMAE):
+    """MAE pretraining, demo schedule."""
+
+
+# 144 iterations are too few for the fine-tuning peak rate of 1e-3 to move a segmentation head at all;
+# the demo uses nnU-Net's default 1e-2 for both (the comparison stays matched: same schedule for both).
+DEMO_FINETUNE_LR = 1e-2
+
+
+class nnUNetTrainerPETCTFinetune_demo(DemoScheduleMixin, nnUNetTrainerPETCTFinetune):
+    """Fine-tuning from a foundation checkpoint, demo schedule (peak lr 1e-2)."""
+
+    finetune_initial_lr = DEMO_FINETUNE_LR
+
+
+class nnUNetTrainerPETCTScratch_demo(DemoScheduleMixin, nnUNetTrainerPETCTScratch):
+    """The fine-tuning schedule from random weights, demo schedule (peak lr 1e-2)."""
+
+    finetune_initial_lr = DEMO_FINETUNE_LR
+
+
+class nnUNetTrainerPETCTLinearProbe_demo(DemoScheduleMixin, nnUNetTrainerPETCTLinearProbe):
+    """Linear probe on a frozen foundation model, demo schedule."""

@@ -1,0 +1,540 @@
+"""Transfer from the PET/CT foundation model: fine-tuning, matched scratch baseline, linear probing.
+
+Every trainer here is used through the stock commands, e.g.::
+
+    nnUNetv2_train DATASET 3d_fullres FOLD -tr nnUNetTrainerPETCTFinetune -pretrained_weights foundation_final.pth
+    nnUNetv2_train DATASET 3d_fullres FOLD -tr nnUNetTrainerPETCTScratch
+    nnUNetv2_predict ... -tr nnUNetTrainerPETCTFinetune
+
+and nnU-Net names the output folder after the class, so pretrained, scratch and probe results of one
+dataset and fold sit side by side.
+
+- ``nnUNetTrainerPETCTFinetune``: weights required; fine-tuning schedule; all layers train (the output
+  layer starts from random weights: nnU-Net's loader never transfers ``.seg_layers.``).
+- ``nnUNetTrainerPETCTScratch``: weights refused; the same fine-tuning schedule; all layers train.
+- ``nnUNetTrainerPETCTLinearProbe``: weights required; probe schedule; only the last 1x1x1 output
+  convolution trains, deep supervision off.
+- ``nnUNetTrainerPETCTFrozenEncoder``: weights required; fine-tuning schedule; the decoder trains, the
+  encoder is frozen.
+- ``nnUNetTrainerPETCTLinearProbeRandomInit``: weights refused; probe schedule and freezing on nnU-Net's
+  random initialization (control for the probe).
+
+Each has a ``_tiny`` variant (2 epochs x 2 iterations, no final validation after training) for tests.
+They accept CT+PET datasets (``_0000`` = CT, ``_0001`` = PET) and single-channel CT-only or PET-only
+datasets (use ``nnUNetv2_petct_adapt_checkpoint`` to make a 1-channel checkpoint from a 2-channel one).
+
+Fine-tuning schedule (``FinetuneScheduleMixin``): nnU-Net's SGD (Nesterov, momentum 0.99, weight
+decay 3e-5), peak learning rate **1e-3** instead of nnU-Net's 1e-2, reached by a **linear warm-up over
+the first 5 % of the epochs** (50 of nnU-Net's 1000; at least 1), then nnU-Net's polynomial decay
+(exponent 0.9) to 0 over the remaining epochs. Why: the OpenMind benchmark of 3D medical SSL (Wald et
+al., 2025, the nnssl framework) fine-tunes CNN (ResEnc) U-Nets from self-supervised weights with SGD at
+lr 1e-3 and a linear warm-up of the whole network (50 epochs of 1000, then poly decay): the large
+nnU-Net default rate and the random output layer's first gradients otherwise wash out pretrained
+features early. The number of epochs stays nnU-Net's (1000 x 250 iterations) so scratch and pretrained
+runs get the same budget.
+
+Scratch baseline: the *same* schedule and settings from nnU-Net's random initialization, so that the
+only difference to ``Finetune`` is the initialization. Note that 1e-3 is not nnU-Net's tuned default;
+``nnUNetTrainerPETCT`` (lr 1e-2, no warm-up) is the "stock nnU-Net" reference.
+
+Probe schedule: nnU-Net's default (lr 1e-2, poly, no warm-up): only a freshly initialized 1x1x1 head
+is trained, there are no pretrained weights to protect. Deep supervision is off, so exactly one output
+layer (``decoder.seg_layers[-1]``) is trained; every other parameter has ``requires_grad = False``,
+is left out of the optimizer, and every module without trainable parameters (normalization, dropout,
+activations) is kept in eval mode during training, so batch statistics of BatchNorm variants are not
+updated either. The trainer verifies at the end that the frozen tensors are bit-identical to those at
+the start of training (after the pretrained weights were loaded) and fails loudly otherwise.
+
+How the trainers know whether ``-pretrained_weights`` was given (nnU-Net does not tell them):
+``nnUNetv2_train`` calls ``trainer.initialize()``, then ``load_pretrained_weights(trainer.network,
+file)``, then ``trainer.run_training()``. At the end of ``initialize`` we record a SHA-1 digest of the
+freshly initialized non-output weights; at the start of training (``on_train_start``) we compare:
+changed weights at epoch 0 mean pretrained weights were loaded. A run continued with ``--c``
+(``current_epoch > 0`` after nnU-Net loaded its own checkpoint) is allowed as is: nnU-Net itself refuses
+``--c`` together with ``-pretrained_weights``, and the run was checked when it started. Secondary signal:
+the ``-pretrained_weights`` value in ``sys.argv`` (only for the log, the provenance file and as an extra
+reason to refuse in scratch trainers). The digest is primary because it also covers programmatic use
+(``run_training(..., pretrained_weights=...)``) and cannot be fooled by an unrelated argv. Each run
+writes ``pretrained_weights.json`` (loaded or not, file name if known, digests) to the fold folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from torch.optim.lr_scheduler import _LRScheduler
+
+from nnunetv2_petct.channels import channel_kind
+from nnunetv2_petct.nnunet.trainers.base import TinyScheduleMixin, nnUNetTrainerPETCT
+from nnunetv2_petct.weights import tensor_digest
+
+PRETRAINED_INFO_FILE = "pretrained_weights.json"
+
+
+class PretrainedWeightsError(RuntimeError):
+    """A transfer trainer was started with the wrong kind of initialization (weights missing or given)."""
+
+
+# ---------------------------------------------------------------------------------------- schedule
+def warmup_poly_lr(epoch: int, peak_lr: float, warmup_epochs: int, max_epochs: int, exponent: float = 0.9) -> float:
+    """Learning rate of ``epoch`` (0-based): linear warm-up then polynomial decay.
+
+    - ``epoch < warmup_epochs``: ``peak_lr * (epoch + 1) / warmup_epochs`` (reaches the peak in the
+      last warm-up epoch; never 0);
+    - afterwards: ``peak_lr * (1 - (epoch - warmup_epochs) / (max_epochs - warmup_epochs)) ** exponent``.
+
+    ``warmup_epochs = 0`` is nnU-Net's plain poly schedule. Epochs past ``max_epochs`` give 0.
+    """
+    if warmup_epochs > 0 and epoch < warmup_epochs:
+        return peak_lr * (epoch + 1) / warmup_epochs
+    span = max(1, max_epochs - warmup_epochs)
+    progress = min(1.0, max(0.0, (epoch - warmup_epochs) / span))
+    return peak_lr * (1.0 - progress) ** exponent
+
+
+class WarmupPolyLRScheduler(_LRScheduler):
+    """:func:`warmup_poly_lr` as a scheduler that nnU-Net steps once per epoch with the epoch index.
+
+    Stateless in the epoch (``step(epoch)`` sets the rate from the formula), so a run continued with
+    ``--c`` resumes at the right rate without extra state.
+    """
+
+    def __init__(self, optimizer, peak_lr: float, warmup_epochs: int, max_epochs: int, exponent: float = 0.9):
+        self.peak_lr = float(peak_lr)
+        self.warmup_epochs = int(warmup_epochs)
+        self.max_epochs = int(max_epochs)
+        self.exponent = float(exponent)
+        self.ctr = 0
+        super().__init__(optimizer, -1)
+
+    def step(self, current_step=None):  # noqa: D102 - nnU-Net calls step(self.current_epoch)
+        if current_step is None or current_step == -1:
+            current_step = self.ctr
+            self.ctr += 1
+        lr = warmup_poly_lr(int(current_step), self.peak_lr, self.warmup_epochs, self.max_epochs, self.exponent)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+    def get_last_lr(self):
+        return self._last_lr
+
+
+def _plain_module(network):
+    mod = network.module if hasattr(network, "module") and isinstance(network.module, torch.nn.Module) else network
+    return getattr(mod, "_orig_mod", mod)
+
+
+def _pretrained_file_from_argv(argv: list[str] | None = None) -> str | None:
+    """The value after ``-pretrained_weights`` in ``argv`` (``sys.argv``), or None."""
+    argv = sys.argv if argv is None else argv
+    for i, a in enumerate(argv):
+        if a == "-pretrained_weights" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("-pretrained_weights="):
+            return a.split("=", 1)[1]
+    return None
+
+
+# ---------------------------------------------------------------------------------------- mixins
+class FlexibleChannelsMixin:
+    """Accept CT+PET datasets and single-channel CT-only / PET-only datasets.
+
+    Sets ``expected_channels`` (checked by ``PETCTChannelCheckMixin``) from the dataset: one channel
+    whose name is a CT or PET name -> that channel alone; anything else -> the default CT, PET.
+    """
+
+    def initialize(self):
+        if not self.was_initialized:
+            names = self.dataset_json.get("channel_names", {})
+            if len(names) == 1:
+                kind = channel_kind(str(next(iter(names.values()))))
+                if kind in ("CT", "PET"):
+                    self.expected_channels = (kind,)
+        super().initialize()
+
+
+class FinetuneScheduleMixin:
+    """SGD (nnU-Net's), peak lr :attr:`finetune_initial_lr`, linear warm-up, then poly (see module doc).
+
+    Only parameters with ``requires_grad`` go to the optimizer (frozen ones are left out).
+    """
+
+    finetune_initial_lr: float = 1e-3
+    warmup_fraction: float = 0.05  # 50 of nnU-Net's 1000 epochs
+    min_warmup_epochs: int = 1
+
+    @property
+    def warmup_epochs(self) -> int:
+        if self.warmup_fraction <= 0:
+            return 0
+        return max(self.min_warmup_epochs, int(round(self.num_epochs * self.warmup_fraction)))
+
+    def initialize(self):
+        if not self.was_initialized:
+            self.initial_lr = self.finetune_initial_lr
+        super().initialize()
+
+    def configure_optimizers(self):
+        params = [p for p in _plain_module(self.network).parameters() if p.requires_grad]
+        if not params:
+            raise RuntimeError(f"{self.__class__.__name__}: no trainable parameter")
+        optimizer = torch.optim.SGD(params, self.initial_lr, weight_decay=self.weight_decay, momentum=0.99,
+                                    nesterov=True)
+        scheduler = WarmupPolyLRScheduler(optimizer, self.initial_lr, self.warmup_epochs, self.num_epochs)
+        self.print_to_log_file(
+            f"optimizer: SGD nesterov momentum 0.99, peak lr {self.initial_lr}, linear warm-up "
+            f"{self.warmup_epochs} epoch(s), poly decay to epoch {self.num_epochs}; "
+            f"{sum(p.numel() for p in params)} trainable parameters"
+        )
+        return optimizer, scheduler
+
+
+class ProbeScheduleMixin(FinetuneScheduleMixin):
+    """nnU-Net's default rate (1e-2) and poly decay without warm-up, on the trainable parameters only."""
+
+    finetune_initial_lr = 1e-2
+    warmup_fraction = 0.0
+
+
+class PretrainedWeightsPolicyMixin:
+    """Require (``"required"``) or refuse (``"forbidden"``) ``-pretrained_weights``; see the module doc."""
+
+    pretrained_weights_policy: str = "required"  # "required" | "forbidden" | "any"
+
+    def initialize(self):
+        first = not self.was_initialized
+        super().initialize()
+        if first:
+            self._petct_init_digest = tensor_digest(_plain_module(self.network))
+
+    def _pretrained_loaded(self) -> bool:
+        return tensor_digest(_plain_module(self.network)) != self._petct_init_digest
+
+    def _check_pretrained_policy(self) -> None:
+        loaded = self._pretrained_loaded()
+        continued = self.current_epoch > 0
+        argv_file = _pretrained_file_from_argv()
+        name = self.__class__.__name__
+        if not continued:
+            if self.pretrained_weights_policy == "required" and not loaded:
+                if "Finetune" in name or "LinearProbe" in name:
+                    alt = name.replace("Finetune", "Scratch").replace("LinearProbe", "LinearProbeRandomInit")
+                else:
+                    alt = "nnUNetTrainerPETCTScratch"
+                raise PretrainedWeightsError(
+                    f"{name} needs pretrained weights, but none were loaded (no -pretrained_weights?). "
+                    f"Run: nnUNetv2_train DATASET CONFIGURATION FOLD -tr {name} -pretrained_weights "
+                    f"foundation_final.pth. To train from random weights use {alt}."
+                )
+            if self.pretrained_weights_policy == "forbidden" and (loaded or argv_file):
+                raise PretrainedWeightsError(
+                    f"{name} is a from-scratch baseline and refuses pretrained weights"
+                    f"{f' (got -pretrained_weights {argv_file})' if argv_file else ' (weights were loaded)'}. "
+                    f"Drop -pretrained_weights, or use the pretrained counterpart "
+                    f"(nnUNetTrainerPETCTFinetune / nnUNetTrainerPETCTLinearProbe)."
+                )
+        info = {
+            "trainer": name,
+            "policy": self.pretrained_weights_policy,
+            "pretrained_weights_loaded": bool(loaded) if not continued else None,
+            "continued_from_epoch": int(self.current_epoch) if continued else None,
+            "pretrained_weights_file": os.path.abspath(argv_file) if argv_file else None,
+            "digest_random_init": self._petct_init_digest,
+            "digest_at_train_start": tensor_digest(_plain_module(self.network)),
+            "detection": "SHA-1 of the non-output weights after initialize() vs at on_train_start(); "
+                         "file name from sys.argv",
+        }
+        self.print_to_log_file(
+            f"pretrained weights: {'loaded' if loaded else 'not loaded'}"
+            f"{f' from {argv_file}' if argv_file else ''}{' (continued run)' if continued else ''}"
+        )
+        if self.local_rank == 0 and not continued:
+            os.makedirs(self.output_folder, exist_ok=True)
+            with open(os.path.join(self.output_folder, PRETRAINED_INFO_FILE), "w") as f:
+                json.dump(info, f, indent=2)
+
+    def on_train_start(self):
+        if not self.was_initialized:
+            self.initialize()
+        self._check_pretrained_policy()  # before data loaders and worker processes exist
+        super().on_train_start()
+
+
+class FreezeMixin:
+    """Train only the parameters of :meth:`trainable_parameters`; everything else frozen and in eval mode.
+
+    Freezing happens in ``configure_optimizers`` (called by ``initialize`` right after the network is
+    built, before nnU-Net loads pretrained weights; ``load_state_dict`` copies values in place and keeps
+    ``requires_grad``). Frozen tensors are checked bit for bit at the end of training.
+    """
+
+    freeze_verify: bool = True
+
+    def trainable_parameters(self, network) -> Iterable[torch.nn.Parameter]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _apply_freeze(self) -> None:
+        mod = _plain_module(self.network)
+        for p in mod.parameters():
+            p.requires_grad_(False)
+        for p in self.trainable_parameters(mod):
+            p.requires_grad_(True)
+
+    def configure_optimizers(self):
+        self._apply_freeze()
+        return super().configure_optimizers()
+
+    def _frozen_state(self) -> dict:
+        mod = _plain_module(self.network)
+        sd = mod.state_dict(keep_vars=True)
+        return {k: v for k, v in sd.items() if not (isinstance(v, torch.nn.Parameter) and v.requires_grad)}
+
+    def _set_frozen_modules_to_eval(self) -> None:
+        """Leaf modules: with parameters -> train mode iff one of them trains; without (norm without
+        affine, dropout, activation) -> train mode iff their parent module has a trainable parameter."""
+        mod = _plain_module(self.network)
+        parents = {}
+        for m in mod.modules():
+            for child in m.children():
+                parents.setdefault(id(child), m)
+        for m in mod.modules():
+            if next(m.children(), None) is not None:
+                continue  # only leaves compute; containers follow their children
+            own = list(m.parameters(recurse=False))
+            if own:
+                m.train(any(p.requires_grad for p in own))
+            else:
+                parent = parents.get(id(m))
+                m.train(parent is not None and any(p.requires_grad for p in parent.parameters()))
+
+    def on_train_start(self):
+        super().on_train_start()
+        self._petct_frozen_digest = tensor_digest(self._frozen_state(), skip_output=False)
+        n_train = sum(p.numel() for p in _plain_module(self.network).parameters() if p.requires_grad)
+        n_all = sum(p.numel() for p in _plain_module(self.network).parameters())
+        self.print_to_log_file(f"frozen: {n_all - n_train} of {n_all} parameters; trainable: {n_train}")
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()  # nnU-Net puts the whole network in train mode here
+        self._set_frozen_modules_to_eval()
+
+    def on_train_end(self):
+        super().on_train_end()
+        if self.freeze_verify:
+            now = tensor_digest(self._frozen_state(), skip_output=False)
+            if now != self._petct_frozen_digest:
+                raise RuntimeError(f"{self.__class__.__name__}: frozen weights changed during training (bug)")
+            self.print_to_log_file("verified: frozen weights are bit-identical to those at the start of training")
+
+
+class LinearProbeMixin(FreezeMixin):
+    """Deep supervision off; only the final 1x1x1 output convolution (``decoder.seg_layers[-1]``) trains."""
+
+    def initialize(self):
+        if not self.was_initialized:
+            self.enable_deep_supervision = False
+        super().initialize()
+
+    def trainable_parameters(self, network):
+        return list(network.decoder.seg_layers[-1].parameters())
+
+
+class FrozenEncoderMixin(FreezeMixin):
+    """The encoder is frozen; the decoder (upsampling, convolutions, output layers) trains."""
+
+    def trainable_parameters(self, network):
+        # the decoder holds a reference to the encoder (``decoder.encoder``): leave those out
+        return [p for n, p in network.decoder.named_parameters() if not n.startswith("encoder.")]
+
+
+class SkipFinalValidationMixin:
+    """No final validation (``perform_actual_validation``) after training.
+
+    For the ``_tiny`` smoke variants only: on a small CPU, nnU-Net's final validation (worker pools for
+    export and metrics) costs more than the tiny training itself, and the label-efficiency runner
+    evaluates on the held-out test set instead. ``nnUNetv2_train --val`` still validates: the skip only
+    applies right after training in the same process.
+    """
+
+    def run_training(self):
+        super().run_training()
+        self._petct_just_trained = True
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        if getattr(self, "_petct_just_trained", False):
+            self.print_to_log_file("final validation skipped (_tiny variant); run nnUNetv2_train --val for it")
+            return None
+        return super().perform_actual_validation(save_probabilities)
+
+
+# ---------------------------------------------------------------------------------------- trainers
+class _PETCTTransferBase(FlexibleChannelsMixin, nnUNetTrainerPETCT):
+    """CT+PET or single-modality datasets; nnU-Net's defaults otherwise."""
+
+
+class nnUNetTrainerPETCTFinetune(PretrainedWeightsPolicyMixin, FinetuneScheduleMixin, _PETCTTransferBase):
+    """Fine-tune every layer from ``-pretrained_weights`` (required): lr 1e-3, 5 % linear warm-up, poly.
+
+    The output layers (``.seg_layers.``) are not loaded (nnU-Net's loader) and start from random weights.
+    """
+
+    pretrained_weights_policy = "required"
+
+
+class nnUNetTrainerPETCTScratch(PretrainedWeightsPolicyMixin, FinetuneScheduleMixin, _PETCTTransferBase):
+    """The fine-tuning schedule of :class:`nnUNetTrainerPETCTFinetune` from random weights
+    (``-pretrained_weights`` refused): the matched baseline."""
+
+    pretrained_weights_policy = "forbidden"
+
+
+class nnUNetTrainerPETCTLinearProbe(PretrainedWeightsPolicyMixin, LinearProbeMixin, ProbeScheduleMixin,
+                                    _PETCTTransferBase):
+    """Linear probe: only the final 1x1x1 output conv trains on the frozen pretrained network
+    (``-pretrained_weights`` required; deep supervision off; norm layers frozen in eval mode)."""
+
+    pretrained_weights_policy = "required"
+
+
+class nnUNetTrainerPETCTFrozenEncoder(PretrainedWeightsPolicyMixin, FrozenEncoderMixin, FinetuneScheduleMixin,
+                                      _PETCTTransferBase):
+    """Frozen pretrained encoder, trained decoder (``-pretrained_weights`` required; fine-tuning schedule)."""
+
+    pretrained_weights_policy = "required"
+
+
+class nnUNetTrainerPETCTLinearProbeRandomInit(PretrainedWeightsPolicyMixin, LinearProbeMixin, ProbeScheduleMixin,
+                                              _PETCTTransferBase):
+    """Control for the probe: the same freezing on nnU-Net's random initialization (pretrained weights refused)."""
+
+    pretrained_weights_policy = "forbidden"
+
+
+class nnUNetTrainerPETCTFinetune_tiny(TinyScheduleMixin, SkipFinalValidationMixin,
+                                      nnUNetTrainerPETCTFinetune):
+    """:class:`nnUNetTrainerPETCTFinetune` with the tiny schedule (2 x 2 iterations; warm-up 1 epoch)."""
+
+
+class nnUNetTrainerPETCTScratch_tiny(TinyScheduleMixin, SkipFinalValidationMixin,
+                                     nnUNetTrainerPETCTScratch):
+    """:class:`nnUNetTrainerPETCTScratch` with the tiny schedule."""
+
+
+class nnUNetTrainerPETCTLinearProbe_tiny(TinyScheduleMixin, SkipFinalValidationMixin,
+                                         nnUNetTrainerPETCTLinearProbe):
+    """:class:`nnUNetTrainerPETCTLinearProbe` with the tiny schedule."""
+
+
+class nnUNetTrainerPETCTFrozenEncoder_tiny(TinyScheduleMixin, SkipFinalValidationMixin,
+                                           nnUNetTrainerPETCTFrozenEncoder):
+    """:class:`nnUNetTrainerPETCTFrozenEncoder` with the tiny schedule."""
+
+
+class nnUNetTrainerPETCTLinearProbeRandomInit_tiny(TinyScheduleMixin, SkipFinalValidationMixin,
+                                                   nnUNetTrainerPETCTLinearProbeRandomInit):
+    """:class:`nnUNetTrainerPETCTLinearProbeRandomInit` with the tiny schedule."""
+
+
+# ---------------------------------------------------------------------------------- network helpers
+def load_check_target(path: str | os.PathLike, plans_identifier: str = "nnUNetPlans",
+                      configuration: str | None = None) -> tuple[dict, dict | None, str]:
+    """Plans, dataset.json (or None) and configuration of a ``--check`` target.
+
+    ``path``: a plans JSON file; a trained-model folder (``.../Trainer__Plans__Configuration`` or one of
+    its ``fold_*`` folders: ``plans.json`` + ``dataset.json``); or a preprocessed dataset folder
+    (``<plans_identifier>.json`` + ``dataset.json``). The configuration comes from ``configuration``,
+    else the trained-model folder name, else ``3d_fullres``.
+
+    Raises:
+        FileNotFoundError: nothing usable at ``path`` (the message says what was looked for).
+    """
+    p = Path(path)
+    if p.is_dir() and p.name.startswith("fold_") and (p.parent / "plans.json").is_file():
+        p = p.parent
+    if p.is_file():
+        plans_file, ds_file = p, p.parent / "dataset.json"
+    elif (p / "plans.json").is_file():
+        plans_file, ds_file = p / "plans.json", p / "dataset.json"
+        parts = p.name.split("__")
+        if configuration is None and len(parts) == 3:
+            configuration = parts[2]
+    elif (p / f"{plans_identifier}.json").is_file():
+        plans_file, ds_file = p / f"{plans_identifier}.json", p / "dataset.json"
+    else:
+        raise FileNotFoundError(f"{p}: not a plans file, a trained-model folder (plans.json) or a preprocessed "
+                                f"dataset folder ({plans_identifier}.json)")
+    with open(plans_file) as f:
+        plans = json.load(f)
+    dataset_json = None
+    if ds_file.is_file():
+        with open(ds_file) as f:
+            dataset_json = json.load(f)
+    return plans, dataset_json, configuration or "3d_fullres"
+
+
+def network_from_plans(plans: dict, configuration: str = "3d_fullres", num_input_channels: int | None = None,
+                       dataset_json: dict | None = None, num_output_channels: int | None = None,
+                       deep_supervision: bool = True) -> torch.nn.Module:
+    """The network nnU-Net's trainers build for ``plans``/``configuration`` (``build_network_architecture``).
+
+    Input channels: ``num_input_channels``, else the number of ``dataset_json`` channels. Output channels:
+    ``num_output_channels``, else the dataset's segmentation heads, else 2 (output layers are never
+    transferred, so their size does not matter for compatibility checks).
+
+    Raises:
+        ValueError: the input channel count is unknown, or the configuration is not in the plans.
+    """
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    pm = PlansManager(plans)
+    if configuration not in plans.get("configurations", {}):
+        raise ValueError(f"configuration {configuration!r} not in the plans (have {list(plans.get('configurations', {}))})")
+    cm = pm.get_configuration(configuration)
+    if num_input_channels is None:
+        if dataset_json is None:
+            raise ValueError("number of input channels unknown: give a dataset.json or num_input_channels")
+        num_input_channels = len(dataset_json.get("channel_names", dataset_json.get("modality", {})))
+    if num_output_channels is None:
+        num_output_channels = pm.get_label_manager(dataset_json).num_segmentation_heads if dataset_json else 2
+    return nnUNetTrainer.build_network_architecture(pm, cm, int(num_input_channels), int(num_output_channels),
+                                                    deep_supervision)
+
+
+TRANSFER_TRAINERS = {
+    "pretrained": "nnUNetTrainerPETCTFinetune",
+    "scratch": "nnUNetTrainerPETCTScratch",
+    "probe": "nnUNetTrainerPETCTLinearProbe",
+    "frozen_encoder": "nnUNetTrainerPETCTFrozenEncoder",
+    "probe_random_init": "nnUNetTrainerPETCTLinearProbeRandomInit",
+    "nnunet_default": "nnUNetTrainerPETCT",
+}
+"""Method name (label-efficiency table) -> trainer class name (append ``_tiny`` for the tiny schedule)."""
+
+NEEDS_PRETRAINED = {"pretrained", "probe", "frozen_encoder"}
+
+__all__ = [
+    "NEEDS_PRETRAINED",
+    "TRANSFER_TRAINERS",
+    "PretrainedWeightsError",
+    "load_check_target",
+    "network_from_plans",
+    "WarmupPolyLRScheduler",
+    "nnUNetTrainerPETCTFinetune",
+    "nnUNetTrainerPETCTFinetune_tiny",
+    "nnUNetTrainerPETCTFrozenEncoder",
+    "nnUNetTrainerPETCTFrozenEncoder_tiny",
+    "nnUNetTrainerPETCTLinearProbe",
+    "nnUNetTrainerPETCTLinearProbeRandomInit",
+    "nnUNetTrainerPETCTLinearProbeRandomInit_tiny",
+    "nnUNetTrainerPETCTLinearProbe_tiny",
+    "nnUNetTrainerPETCTScratch",
+    "nnUNetTrainerPETCTScratch_tiny",
+    "warmup_poly_lr",
+]
