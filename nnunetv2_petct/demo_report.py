@@ -87,6 +87,18 @@ def mip_figure(demo: Demo, le_dir: Path, method: str, subset: str) -> Path | Non
     return out if out.is_file() else None
 
 
+def evaluate_all(demo: Demo) -> None:
+    """``nnUNetv2_petct_evaluate`` per method, with the PET for lesion quantification."""
+    le_dir = demo.out / "label_efficiency"
+    design = json.loads((le_dir / "label_efficiency_design.json").read_text())
+    subset = design["subsets"][0]["name"]
+    for method in METHOD_LABELS:
+        pred = le_dir / "predictions" / method / subset
+        if pred.is_dir():
+            demo.sh(["nnUNetv2_petct_evaluate", "-ref", str(le_dir / "test_labels"), "-pred", str(pred),
+                     "-pet", str(le_dir / "test_images"), "-o", str(demo.out / "evaluation" / method), "-q"])
+
+
 def write_report(demo: Demo) -> Path:
     from nnunetv2_petct.demo_steps import dataset_dir, foundation_checkpoint
 
@@ -96,17 +108,8 @@ def write_report(demo: Demo) -> Path:
     subsets = [s["name"] for s in design["subsets"]]
     subset = subsets[0]
 
-    # evaluation with the stock-style CLI, per method, with the PET for lesion quantification
-    rows = []
-    for method in METHOD_LABELS:
-        pred = le_dir / "predictions" / method / subset
-        if not pred.is_dir():
-            continue
-        out = demo.out / "evaluation" / method
-        if not (out / "summary.json").is_file():
-            demo.sh(["nnUNetv2_petct_evaluate", "-ref", str(le_dir / "test_labels"), "-pred", str(pred),
-                     "-pet", str(le_dir / "test_images"), "-o", str(out), "-q"])
-        rows.append((method, method_metrics(out)))
+    rows = [(m, method_metrics(demo.out / "evaluation" / m)) for m in METHOD_LABELS
+            if (demo.out / "evaluation" / m / "summary.json").is_file()]
 
     mae_fold = foundation_checkpoint(demo).parent
     figures = {

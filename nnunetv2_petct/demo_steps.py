@@ -129,13 +129,14 @@ def finetune_and_evaluate(demo: Demo) -> None:
 
 # ---- step 5: report -----------------------------------------------------------------------------
 def run_demo(demo: Demo) -> Path:
-    from nnunetv2_petct.demo_report import write_report
+    from nnunetv2_petct.demo_report import evaluate_all, write_report
 
     demo.step("downloads", lambda: make_downloads(demo))
     demo.step("convert", lambda: convert_all(demo))
     demo.step("plan", lambda: plan(demo))
     demo.step("pretrain", lambda: pretrain(demo))
     demo.step("finetune", lambda: finetune_and_evaluate(demo))
+    demo.step("evaluate", lambda: evaluate_all(demo))
     return write_report(demo)
 
 

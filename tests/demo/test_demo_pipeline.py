@@ -55,5 +55,6 @@ def test_demo_pipeline_runs_end_to_end_and_is_idempotent(tmp_path):
     # idempotent: a second run reuses every step and rewrites the same report
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("done before, skipped") == 5
+    assert again.stdout.count("done before, skipped") == 6
     assert report.read_text().split("## Time per step")[0] == text.split("## Time per step")[0]
+    assert (out / "commands.sh").read_text() == commands
