@@ -5,16 +5,17 @@ Why: nnU-Net 2.8 finds a trainer class by importing *every* module under
 own modules imports timm -> torchvision, which fails to import next to a CPU torch wheel, so the
 stock search crashes before it ever reaches a plugin folder (SPEC §5).
 
-How: the wheel installs ``nnunetv2_petct_discovery.pth`` into site-packages; its single line calls
-:func:`install`, which puts a tiny finder at the front of ``sys.meta_path``. The finder does nothing
-until the module ``nnunetv2.utilities.find_objects`` is imported; then, right after that module has
-executed, it wraps ``recursive_find_trainer_class_by_name`` so that names of *our* trainers resolve
-directly to our classes and every other name goes to nnU-Net's own function unchanged. Because
-``run_training`` and ``predict_from_raw_data`` import the function by name after that moment, both
-stock commands see the wrapper.
+How: the wheel installs ``nnunetv2_petct_discovery.pth`` into site-packages. Its single line puts a
+lazy finder (defined inline, so start-up imports nothing, not even this package) at the front of
+``sys.meta_path``. The finder does nothing until the module ``nnunetv2.utilities.find_objects`` is
+imported; then it imports this module and, right after that nnU-Net module has executed, wraps
+``recursive_find_trainer_class_by_name`` so that names of *our* trainers resolve directly to our
+classes and every other name goes to nnU-Net's own function unchanged. Because ``run_training`` and
+``predict_from_raw_data`` import the function by name after that moment, both stock commands see the
+wrapper. :func:`install` does the same from Python (for environments without the ``.pth`` file).
 
 Defensive by design:
-- the start-up cost is one small module (no nnunetv2/torch import); ``python -X importtime`` shows it;
+- the start-up cost is one ``sys.meta_path`` entry and one string comparison per import;
 - if nnU-Net no longer has the function, nothing is patched, a warning says so, and nnU-Net's own
   behaviour (including ``nnUNet_extTrainer``) is left in place;
 - any error while looking up our trainers falls back to nnU-Net's own search, with a warning;
@@ -88,30 +89,45 @@ class _PatchingLoader:
         return getattr(self._loader, name)
 
 
-class _Finder:
-    """``sys.meta_path`` entry that only reacts to :data:`TARGET_MODULE`."""
+MARKER = "_nnunetv2_petct"  # attribute of our meta-path entries (the .pth's lazy one and _Finder)
+_busy = False
 
-    _busy = False
+
+def find_patched_spec(fullname, path=None, target=None):
+    """The real spec of :data:`TARGET_MODULE` (from the other finders) with a patching loader."""
+    global _busy
+    if fullname != TARGET_MODULE or _busy:
+        return None
+    _busy = True
+    try:
+        for finder in sys.meta_path:
+            if getattr(finder, MARKER, False) or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+    finally:
+        _busy = False
+    if spec.loader is None or not hasattr(spec.loader, "exec_module"):
+        return spec
+    spec.loader = _PatchingLoader(spec.loader)
+    return spec
+
+
+class _Finder:
+    """``sys.meta_path`` entry that only reacts to :data:`TARGET_MODULE` (used by :func:`install`)."""
+
+    _nnunetv2_petct = True
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != TARGET_MODULE or self._busy:
-            return None
-        self._busy = True
-        try:
-            for finder in sys.meta_path:
-                if finder is self or not hasattr(finder, "find_spec"):
-                    continue
-                spec = finder.find_spec(fullname, path, target)
-                if spec is not None:
-                    break
-            else:
-                return None
-        finally:
-            self._busy = False
-        if spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        spec.loader = _PatchingLoader(spec.loader)
-        return spec
+        return find_patched_spec(fullname, path, target)
+
+
+def hook_installed() -> bool:
+    """True when one of our entries (the ``.pth``'s lazy finder or :class:`_Finder`) is on ``sys.meta_path``."""
+    return any(getattr(f, MARKER, False) for f in sys.meta_path)
 
 
 def install() -> None:
@@ -119,7 +135,7 @@ def install() -> None:
     try:
         if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
             return
-        if any(isinstance(f, _Finder) for f in sys.meta_path):
+        if hook_installed():
             return
         module = sys.modules.get(TARGET_MODULE)
         if module is not None:  # already imported (e.g. install() called late): patch in place

@@ -54,7 +54,7 @@ class Profile:
 
 
 PROFILES = {
-    "demo": Profile("demo", "small", 22, 6, 4, 2, (0.1,), "_demo", (48, 48, 48), 32),
+    "demo": Profile("demo", "small", 30, 6, 4, 2, (0.1,), "_demo", (48, 48, 48), 32),
     "test": Profile("test", "tiny", 10, 2, 2, 1, (0.5,), "_tiny", (32, 32, 32), 16),
 }
 

@@ -123,7 +123,7 @@ def finetune_and_evaluate(demo: Demo) -> None:
     test_file = demo.out / "test_cases.txt"
     demo.sh(["nnUNetv2_petct_label_efficiency", "-d", str(AUTOPET_ID), "--pretrained", str(foundation_checkpoint(demo)),
              "--fractions", *(f"{f:g}" for f in demo.profile.fractions), "--trainer-suffix", demo.profile.trainer_suffix,
-             "--test-cases", str(test_file), "-device", demo.device, "-npp", "1", "-nps", "1",
+             "--test-cases", str(test_file), "-device", demo.device, "-npp", "1", "-nps", "1", "--disable-tta",
              "-o", str(demo.out / "label_efficiency"), "-q"], timeout=7200)
 
 

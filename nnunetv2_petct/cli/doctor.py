@@ -12,7 +12,7 @@ def diagnose() -> dict:
     from nnunetv2_petct import __version__, _discovery
 
     report: dict = {"nnunetv2_petct": __version__, "python": sys.executable}
-    report["hook_installed"] = any(isinstance(f, _discovery._Finder) for f in sys.meta_path)
+    report["hook_installed"] = _discovery.hook_installed()
     report["hook_disabled_by_env"] = os.environ.get(_discovery.DISABLE_ENV, "") not in ("", "0")
     try:
         import nnunetv2

@@ -23,15 +23,18 @@ def _py(code: str, **env_extra: str) -> subprocess.CompletedProcess:
 
 
 def test_hook_is_installed_at_startup_without_importing_heavy_modules():
-    # The .pth line must put our finder on sys.meta_path, and must not import nnunetv2 or torch.
+    # The .pth line must put our (lazy) finder on sys.meta_path and import nothing: not nnunetv2, not
+    # torch, not even this package (start-up cost: one meta-path entry).
     proc = _py(
-        "import sys, json; from nnunetv2_petct import _discovery as d;"
-        "print(json.dumps([any(isinstance(f, d._Finder) for f in sys.meta_path),"
-        " 'nnunetv2' in sys.modules, 'torch' in sys.modules]))"
+        "import sys, json;"
+        "print(json.dumps([any(getattr(f, '_nnunetv2_petct', False) for f in sys.meta_path),"
+        " 'nnunetv2_petct' in sys.modules, 'nnunetv2' in sys.modules, 'torch' in sys.modules]))"
     )
     assert proc.returncode == 0, proc.stderr
-    installed, nnunet_loaded, torch_loaded = json.loads(proc.stdout)
-    assert installed and not nnunet_loaded and not torch_loaded
+    assert json.loads(proc.stdout) == [True, False, False, False]
+    disabled = _py("import sys; print(any(getattr(f, '_nnunetv2_petct', False) for f in sys.meta_path))",
+                   NNUNETV2_PETCT_NO_HOOK="1")
+    assert disabled.stdout.strip() == "False"
 
 
 def test_hook_wraps_nnunet_lookup_used_by_run_training_and_predict():

@@ -48,9 +48,9 @@ class TinyScheduleMixin:
 
 
 class DemoScheduleMixin(TinyScheduleMixin):
-    """A short schedule for ``make demo`` on a CPU: 12 epochs of 12 iterations, 2 validation iterations."""
+    """A short schedule for ``make demo`` on a CPU: 30 epochs of 12 iterations, 2 validation iterations."""
 
-    tiny_num_epochs = 12
+    tiny_num_epochs = 30
     tiny_iterations_per_epoch = 12
     tiny_val_iterations_per_epoch = 2
 

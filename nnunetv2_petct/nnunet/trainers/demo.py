@@ -19,7 +19,7 @@ class nnUNetTrainerPETCTMAE_demo(DemoScheduleMixin, nnUNetTrainerPETCTMAE):
     """MAE pretraining, demo schedule."""
 
 
-# 144 iterations are too few for the fine-tuning peak rate of 1e-3 to move a segmentation head at all;
+# A few hundred iterations are too few for the fine-tuning peak rate of 1e-3 to learn lesions at all;
 # the demo uses nnU-Net's default 1e-2 for both (the comparison stays matched: same schedule for both).
 DEMO_FINETUNE_LR = 1e-2
 
