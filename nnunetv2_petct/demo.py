@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         report = run_demo(demo)
-    except RuntimeError as e:
+    except (RuntimeError, ValueError) as e:
         print(f"[demo] FAILED: {e}", file=sys.stderr)
         return 1
     print(f"[demo] done in {time.perf_counter() - t0:.0f} s. Report: {report}")

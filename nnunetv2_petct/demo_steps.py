@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+from nnunetv2_petct.conversion.registry import find_dataset_dir
 from nnunetv2_petct.demo import AUTOPET_ID, DEEPPSMA_ID, DICOM_ID, PRETRAIN_ID, SPADE_ID, VIMED_ID, Demo
 
 COHORTS = (  # (cli cohort name, download folder, dataset id, dataset name, extra convert options)
@@ -19,10 +20,8 @@ COHORTS = (  # (cli cohort name, download folder, dataset id, dataset name, extr
 
 
 def dataset_dir(root: Path, dataset_id: int) -> Path:
-    matches = sorted(Path(root).glob(f"Dataset{dataset_id:03d}_*"))
-    if len(matches) != 1:
-        raise RuntimeError(f"expected one Dataset{dataset_id:03d}_* in {root}, found {len(matches)}")
-    return matches[0]
+    """``root/DatasetXXX_*`` of a demo dataset (raw, preprocessed or results root)."""
+    return find_dataset_dir(root, dataset_id)
 
 
 # ---- step 1: synthetic downloads --------------------------------------------------------------

@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from nnunetv2_petct.conversion.registry import find_dataset_dir
 from nnunetv2_petct.plans import shrink_plans_file
 
 
@@ -15,16 +16,10 @@ def find_preprocessed_dataset(dataset: str, preprocessed_dir: str | None = None)
     base = preprocessed_dir or os.environ.get("nnUNet_preprocessed")
     if not base:
         raise SystemExit("error: nnUNet_preprocessed is not set (or pass --preprocessed-dir)")
-    base_path = Path(base)
-    if dataset.isdigit():
-        matches = sorted(base_path.glob(f"Dataset{int(dataset):03d}_*"))
-        if len(matches) != 1:
-            raise SystemExit(f"error: expected one Dataset{int(dataset):03d}_* in {base_path}, found {len(matches)}")
-        return matches[0]
-    path = base_path / dataset
-    if not path.is_dir():
-        raise SystemExit(f"error: {path} does not exist")
-    return path
+    try:
+        return find_dataset_dir(Path(base), dataset)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from e
 
 
 def main(argv: list[str] | None = None) -> int:
