@@ -37,7 +37,7 @@ if cohort != "none":
     r = convert_cohort(cohort, source, 501, raw, num_processes=workers, quiet=True)
     ok, n = r.ok, r.num_training
 else:
-    import SimpleITK, numpy, nnunetv2_petct.conversion.core, nnunetv2_petct.imaging  # noqa: F401
+    import SimpleITK, numpy, nnunetv2_petct.conversion.core, nnunetv2_petct.conversion.geometry  # noqa: F401
     ok, n = True, 0
 wall = time.perf_counter() - t
 print(json.dumps({"wall_s": wall, "ok": ok, "n": n,

@@ -4,9 +4,9 @@ Both steps run in one process on networks built from one plans dict (identical w
 (MAE, plain, MAE, plain, ...) after ``n_warmup`` warm-up steps each, so drifting machine load hits both
 alike. No dataset on disk: the batch is random (the step cost does not depend on the values).
 
-- MAE: :func:`nnunetv2_petct.mae.mae_train_step` (block-mask sampling on the device, zero imputation,
+- MAE: :func:`nnunetv2_petct.pretraining.mae.mae_train_step` (block-mask sampling on the device, zero imputation,
   forward without deep supervision, masked/visible MSE, backward, grad clip 1.0, AdamW) with the
-  paper's :class:`~nnunetv2_petct.mae.MAEConfig`.
+  paper's :class:`~nnunetv2_petct.pretraining.mae.MAEConfig`.
 - plain: nnU-Net's own ``nnUNetTrainer.train_step`` (called unbound on a stand-in object holding the
   network, SGD optimizer, DC+CE loss with deep supervision and grad scaler, exactly as the trainer
   builds them); deep-supervision targets are precomputed, as nnU-Net's data loader does.
@@ -106,8 +106,8 @@ def run(device: str = "cpu", n_warmup: int = 2, n_iter: int = 5, plans: dict | N
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     from torch import GradScaler
 
-    from nnunetv2_petct.mae import MAEConfig, mae_train_step, resolve_block_size
     from nnunetv2_petct.nnunet.trainers.mae import freeze_deep_supervision_heads
+    from nnunetv2_petct.pretraining.mae import MAEConfig, mae_train_step, resolve_block_size
 
     dev = torch.device(device)
     torch.manual_seed(seed)

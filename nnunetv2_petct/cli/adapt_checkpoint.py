@@ -1,6 +1,6 @@
 """``nnUNetv2_petct_adapt_checkpoint``: change the input channels of a foundation checkpoint, or check one.
 
-Thin layer over :mod:`nnunetv2_petct.weights` (the surgery) and
+Thin layer over :mod:`nnunetv2_petct.transfer.weights` (the surgery) and
 :func:`nnunetv2_petct.nnunet.trainers.finetune.network_from_plans` (the target network for ``--check``).
 """
 
@@ -76,7 +76,7 @@ def _err(msg: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if a.quiet else logging.INFO, format="%(message)s")
-    from nnunetv2_petct import weights as W
+    from nnunetv2_petct.transfer import weights as W
 
     merge = a.ct is not None or a.pet is not None
     if merge and (a.ct is None or a.pet is None):

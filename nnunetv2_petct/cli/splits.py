@@ -69,9 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    from nnunetv2_petct import splits as S
     from nnunetv2_petct.conversion.core import BadInputError, read_id_list, read_manifest
     from nnunetv2_petct.conversion.registry import find_dataset_dir, resolve_raw_dir
+    from nnunetv2_petct.transfer import splits as S
 
     try:
         dataset_dir = find_dataset_dir(resolve_raw_dir(a.raw_dir), a.dataset)

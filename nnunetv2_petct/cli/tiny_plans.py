@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from nnunetv2_petct.conversion.registry import find_dataset_dir
-from nnunetv2_petct.plans import shrink_plans_file
+from nnunetv2_petct.nnunet.plans import shrink_plans_file
 
 
 def find_preprocessed_dataset(dataset: str, preprocessed_dir: str | None = None) -> Path:

@@ -70,7 +70,7 @@ def array_to_image(array: np.ndarray, spacing_mm: Sequence[float], axes: str = "
     Raises:
         ConversionError: the array is not 3D (after squeezing singleton axes).
     """
-    from nnunetv2_petct.imaging import array_zyx_to_image
+    from nnunetv2_petct.conversion.geometry import array_zyx_to_image
 
     arr = np.asarray(array)
     if arr.ndim > 3:

@@ -2,7 +2,7 @@
 
 Case ids follow the autoPET III/IV nnU-Net release, ``fdg_<patient hash>_<MM-DD-YYYY>``, whichever
 layout the data come from, so the same study gets the same id (and the paper's split lists map onto
-it, see :mod:`nnunetv2_petct.splits`). The patient id is the TCIA one, ``PETCT_<hash>``.
+it, see :mod:`nnunetv2_petct.transfer.splits`). The patient id is the TCIA one, ``PETCT_<hash>``.
 
 - ``autopet``: the per-study NIfTI release ``<root>/PETCT_<hash>/<MM-DD-YYYY>-NA-<description>-<nr>/``
   with ``CT.nii.gz`` (original CT grid), ``CTres.nii.gz`` (CT on the PET grid), ``PET.nii.gz``

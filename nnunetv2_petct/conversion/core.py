@@ -361,7 +361,12 @@ def harmonize(loaded: LoadedCase, options: ConversionOptions) -> tuple[dict, dic
     """
     import SimpleITK as sitk
 
-    from nnunetv2_petct.imaging import body_mask, mask_bbox_zyx, resample_to_reference, same_geometry
+    from nnunetv2_petct.conversion.geometry import (
+        body_mask,
+        mask_bbox_zyx,
+        resample_to_reference,
+        same_geometry,
+    )
 
     pet, ct, label = loaded.pet, loaded.ct, loaded.label
     _check_volume(pet, "PET")

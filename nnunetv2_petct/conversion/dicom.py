@@ -12,7 +12,7 @@ Pure library module (pydicom, numpy, SimpleITK; no nnunetv2 import).
 * :func:`load_dicom_study` builds SimpleITK images with the geometry of the headers
   (ImagePositionPatient, ImageOrientationPatient, PixelSpacing; slices sorted by their position along
   the slice normal): CT in HU (each slice's RescaleSlope/Intercept), PET in SUVbw
-  (:func:`nnunetv2_petct.suv.compute_suv_bw`, QIBA, plus each slice's rescale). The CT is left on its
+  (:func:`nnunetv2_petct.conversion.suv.compute_suv_bw`, QIBA, plus each slice's rescale). The CT is left on its
   own grid; the conversion framework resamples it onto the PET grid.
 * :func:`load_dicom_seg` reads a (binary or fractional) DICOM-SEG and places its frames on a
   reference grid by their ImagePositionPatient; all segments are merged into label 1.
@@ -490,7 +490,7 @@ def load_ct_series(series: DicomSeries) -> tuple[Any, dict]:
     PixelPaddingValue (outside the reconstruction field) are set to -1024 HU (recorded as an
     assumption). The image is int16 when every HU value is integral and fits, else float32.
     """
-    from nnunetv2_petct.suv import SUVError, rescale_slope_intercept
+    from nnunetv2_petct.conversion.suv import SUVError, rescale_slope_intercept
 
     headers, paths, geom = _load_series_headers(series)
     vol = np.empty(tuple(reversed(geom.size_xyz)), dtype=np.float64)
@@ -566,7 +566,7 @@ def load_pet_series(series: DicomSeries) -> tuple[Any, dict]:
         DicomStudyError: geometry problems; SUV problems (the SUVError message, prefixed with the
             series and its first file).
     """
-    from nnunetv2_petct.suv import SUVError, compute_suv_bw, suv_volume_from_slices
+    from nnunetv2_petct.conversion.suv import SUVError, compute_suv_bw, suv_volume_from_slices
 
     headers, paths, geom = _load_series_headers(series)
     try:

@@ -111,7 +111,7 @@ def assemble_one(src_dir: str, record: dict, out_dir: str, new_id: str, crop: bo
     """Put one converted case into the pretraining dataset (worker function; never raises)."""
     import SimpleITK as sitk
 
-    from nnunetv2_petct.imaging import body_mask, mask_bbox_zyx
+    from nnunetv2_petct.conversion.geometry import body_mask, mask_bbox_zyx
 
     t0 = time.perf_counter()
     out = Path(out_dir)

@@ -13,7 +13,7 @@ Design
   (at least one case), the *same* for every fraction and method, so checkpoints are chosen and
   nnU-Net's final validation is computed on identical cases. Its patients never appear in training.
 * **Training subsets**: from the rest (the *training pool*), patient-grouped (all of a patient's scans
-  or none), drawn by :func:`nnunetv2_petct.splits.subset_cases` with one seed for all fractions, which
+  or none), drawn by :func:`nnunetv2_petct.transfer.splits.subset_cases` with one seed for all fractions, which
   makes the subsets nested (10 % inside 30 % inside 100 %) as far as whole patients allow. ``shots=K``
   adds a K-case subset of K different patients drawn among lesion-positive cases.
 * **One nnU-Net fold per subset**: every subset becomes an entry ``{"train": subset, "val": val}`` of
@@ -160,9 +160,9 @@ def case_patients(cases: Sequence[str], dataset_dirs: Sequence[Path]) -> tuple[d
 
     Looks in each of ``dataset_dirs`` (raw, then preprocessed dataset folder) for ``manifest.jsonl``
     (our converters) or ``phantom_cases.json`` (phantoms); else parses AutoPET ids
-    (:func:`nnunetv2_petct.splits.study_key`); else every case is its own patient (stated in the design).
+    (:func:`nnunetv2_petct.transfer.splits.study_key`); else every case is its own patient (stated in the design).
     """
-    from nnunetv2_petct.splits import study_key
+    from nnunetv2_petct.transfer.splits import study_key
 
     for d in dataset_dirs:
         for name in ("manifest.jsonl", "phantom_cases.json"):
@@ -247,7 +247,7 @@ def design_subsets(case_to_patient: Mapping[str, str], test: Sequence[str], frac
     Raises:
         LabelEfficiencyError: bad fractions/shots, or too few patients for a validation set and a pool.
     """
-    from nnunetv2_petct.splits import SplitError, cases_by_patient, subset_cases
+    from nnunetv2_petct.transfer.splits import SplitError, cases_by_patient, subset_cases
 
     test_set = set(test)
     test_patients = {case_to_patient[c] for c in test if c in case_to_patient}
@@ -297,7 +297,7 @@ def assign_folds(existing: list[dict], entries: Sequence[dict], cv_cases: Mappin
     ``existing`` empty and ``cv_cases`` given: folds 0-4 become a patient-grouped 5-fold CV of
     ``cv_cases`` first (when there are >= 5 patients). Returns ``(splits, fold index per entry)``.
     """
-    from nnunetv2_petct.splits import cases_by_patient, patient_grouped_kfold
+    from nnunetv2_petct.transfer.splits import cases_by_patient, patient_grouped_kfold
 
     splits = [{"train": list(s["train"]), "val": list(s["val"])} for s in existing]
     if not splits and cv_cases and len(cases_by_patient(cv_cases)) >= 5:
@@ -387,7 +387,7 @@ def label_efficiency(
     """Run (or, with ``dry_run``, plan) the grid; returns the table rows (empty for a dry run).
 
     See the module doc for the design. ``pretrained`` is checked against the target network before
-    anything runs (:func:`nnunetv2_petct.weights.check_compatibility`).
+    anything runs (:func:`nnunetv2_petct.transfer.weights.check_compatibility`).
 
     Raises:
         LabelEfficiencyError: bad input (named), an incompatible checkpoint (with the tensor list and
@@ -400,8 +400,8 @@ def label_efficiency(
         TRANSFER_TRAINERS,
         network_from_plans,
     )
-    from nnunetv2_petct.splits import write_splits
-    from nnunetv2_petct.weights import IncompatibleCheckpointError, check_compatibility
+    from nnunetv2_petct.transfer.splits import write_splits
+    from nnunetv2_petct.transfer.weights import IncompatibleCheckpointError, check_compatibility
 
     unknown = [m for m in methods if m not in TRANSFER_TRAINERS]
     if unknown:
@@ -450,7 +450,7 @@ def label_efficiency(
         test_source = f"external: {test_images}"
     else:
         if test_cases is None:
-            from nnunetv2_petct.splits import subset_cases
+            from nnunetv2_petct.transfer.splits import subset_cases
 
             test = subset_cases(c2p, fraction=test_fraction, seed=seed + 2)
             test_source = f"seeded patient-grouped {test_fraction:g} of the dataset"
@@ -554,7 +554,7 @@ def label_efficiency(
 
 
 def _evaluate(r: Run, test_labels: Path, test_images: Path, dataset_json: dict) -> dict:
-    from nnunetv2_petct.channels import channel_kind
+    from nnunetv2_petct.conversion.channels import channel_kind
     from nnunetv2_petct.evaluation import evaluate_folders
 
     names = dataset_json.get("channel_names", {})

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from nnunetv2_petct.imaging import body_mask, resample_to_reference, same_geometry
+from nnunetv2_petct.conversion.geometry import body_mask, resample_to_reference, same_geometry
 from nnunetv2_petct.phantoms.phantom import PhantomCase
 
 logger = logging.getLogger(__name__)

@@ -135,7 +135,7 @@ class PhantomCase:
 
     def ct_on_pet_grid(self, default_hu: float = -1024.0) -> sitk.Image:
         """CT resampled onto the PET grid (linear, int16, ``default_hu`` outside the CT)."""
-        from nnunetv2_petct.imaging import resample_to_reference
+        from nnunetv2_petct.conversion.geometry import resample_to_reference
 
         return resample_to_reference(self.ct, self.pet, "linear", default_hu)
 

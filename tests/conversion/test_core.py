@@ -20,7 +20,7 @@ from nnunetv2_petct.conversion.core import (
     harmonize,
     overlap_fractions_xyz,
 )
-from nnunetv2_petct.imaging import array_zyx_to_image, same_geometry
+from nnunetv2_petct.conversion.geometry import array_zyx_to_image, same_geometry
 
 
 def _box(shape_zyx=(10, 10, 10), spacing=(1.0, 1.0, 1.0), origin_xyz=(0.0, 0.0, 0.0), value=0.0):
@@ -238,7 +238,7 @@ def test_library_modules_do_not_import_nnunetv2():
     import sys
 
     code = ("import sys; import nnunetv2_petct.conversion.registry, nnunetv2_petct.conversion.pretraining, "
-            "nnunetv2_petct.splits, nnunetv2_petct.phantoms.layouts, nnunetv2_petct.cli.convert; "
+            "nnunetv2_petct.transfer.splits, nnunetv2_petct.phantoms.layouts, nnunetv2_petct.cli.convert; "
             "print(any(m == 'nnunetv2' or m.startswith('nnunetv2.') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "NNUNETV2_PETCT_NO_HOOK": "1"})

@@ -10,9 +10,9 @@ import pytest
 import SimpleITK as sitk
 
 from nnunetv2_petct.conversion.core import BadInputError, read_manifest
+from nnunetv2_petct.conversion.geometry import body_mask
 from nnunetv2_petct.conversion.pretraining import build_pretraining_dataset
 from nnunetv2_petct.conversion.registry import convert_cohort
-from nnunetv2_petct.imaging import body_mask
 from nnunetv2_petct.phantoms.layouts import (
     autopet_ids,
     spade_ids,

@@ -116,11 +116,11 @@ def test_pure_modules_do_not_import_nnunetv2():
 
     import nnunetv2_petct
 
-    nnunet_facing = ("nnunetv2_petct.nnunet", "nnunetv2_petct.cli", "nnunetv2_petct.benchmarks",
+    nnunet_facing = ("nnunetv2_petct.nnunet.", "nnunetv2_petct.cli", "nnunetv2_petct.benchmarks",
                      "nnunetv2_petct.demo", "nnunetv2_petct.distributed")
     pure = [m.name for m in pkgutil.walk_packages(nnunetv2_petct.__path__, "nnunetv2_petct.")
-            if not m.name.startswith(nnunet_facing)]
-    assert "nnunetv2_petct.channels" in pure and "nnunetv2_petct.plans" in pure
+            if not m.name.startswith(nnunet_facing) or m.name == "nnunetv2_petct.nnunet.plans"]
+    assert "nnunetv2_petct.conversion.channels" in pure and "nnunetv2_petct.nnunet.plans" in pure
     code = ("import importlib, json, sys\n"
             f"bad = []\nfor m in {pure!r}:\n"
             "    importlib.import_module(m)\n"
@@ -133,14 +133,14 @@ def test_pure_modules_do_not_import_nnunetv2():
 
 @pytest.mark.parametrize("bad", [{"0": "PET", "1": "CT"}, {"0": "CT"}, {"0": "CT", "1": "MR"}])
 def test_channel_check_rejects_wrong_order_or_count(bad):
-    from nnunetv2_petct.channels import ChannelOrderError, check_channels
+    from nnunetv2_petct.conversion.channels import ChannelOrderError, check_channels
 
     with pytest.raises(ChannelOrderError, match="_0000 = CT"):
         check_channels(bad)
 
 
 def test_channel_check_accepts_usual_names():
-    from nnunetv2_petct.channels import channel_kind, check_channels
+    from nnunetv2_petct.conversion.channels import channel_kind, check_channels
 
     check_channels({"0": "CT", "1": "PET"})
     check_channels({"0": "ct_hu", "1": "SUV"})
@@ -149,7 +149,7 @@ def test_channel_check_accepts_usual_names():
 
 
 def test_channel_check_accepts_pet_named_ct_only_when_recorded_as_global():
-    from nnunetv2_petct.channels import ChannelOrderError, check_channels, pet_normalized_globally
+    from nnunetv2_petct.conversion.channels import ChannelOrderError, check_channels, pet_normalized_globally
 
     names = {"0": "CT", "1": "ct"}  # what `nnUNetv2_petct_convert --pet-normalization global` writes
     with pytest.raises(ChannelOrderError):

@@ -53,7 +53,7 @@ def make_foundation_checkpoint(preprocessed_dataset_dir: Path, out: Path, num_in
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from nnunetv2_petct.foundation import build_foundation_checkpoint, save_foundation_checkpoint
+    from nnunetv2_petct.transfer.foundation import build_foundation_checkpoint, save_foundation_checkpoint
 
     plans = json.loads((preprocessed_dataset_dir / "nnUNetPlans.json").read_text())
     pm = PlansManager(plans)
@@ -122,7 +122,7 @@ def _fold_of(grid: TransferGrid, subset: str) -> int:
 @pytest.mark.slow
 @pytest.mark.parametrize("subset", ["frac0.5", "frac1"])
 def test_probe_keeps_every_pretrained_weight_bit_for_bit(transfer_grid, subset):
-    from nnunetv2_petct.weights import differing_tensors, is_output_key
+    from nnunetv2_petct.transfer.weights import differing_tensors, is_output_key
 
     g = transfer_grid
     fd = fold_dir(g.env, g.dataset_name, TRAINERS["probe"], _fold_of(g, subset))
@@ -142,7 +142,7 @@ def test_probe_keeps_every_pretrained_weight_bit_for_bit(transfer_grid, subset):
 
 @pytest.mark.slow
 def test_finetune_loads_then_trains_and_scratch_does_not_load(transfer_grid):
-    from nnunetv2_petct.weights import differing_tensors
+    from nnunetv2_petct.transfer.weights import differing_tensors
 
     g = transfer_grid
     fold = _fold_of(g, "frac1")
@@ -200,7 +200,7 @@ def test_wrong_initialization_is_refused_with_a_clear_message(transfer_grid, tra
 def test_real_mae_tiny_output_loads_bit_for_bit_into_a_probe(transfer_grid):
     """Integration with the MAE trainer: its foundation_final.pth goes through stock -pretrained_weights."""
     from nnunetv2_petct.nnunet.trainers.finetune import network_from_plans
-    from nnunetv2_petct.weights import check_compatibility, differing_tensors
+    from nnunetv2_petct.transfer.weights import check_compatibility, differing_tensors
 
     g = transfer_grid
     run([cli("nnUNetv2_train"), str(COPY_ID), "3d_fullres", "all", "-tr", "nnUNetTrainerPETCTMAE_tiny", "-device",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunetv2_petct.channels import check_channels, pet_normalized_globally
+from nnunetv2_petct.conversion.channels import check_channels, pet_normalized_globally
 
 
 class PETCTChannelCheckMixin:

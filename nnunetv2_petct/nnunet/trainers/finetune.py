@@ -69,9 +69,9 @@ from pathlib import Path
 import torch
 from torch.optim.lr_scheduler import _LRScheduler
 
-from nnunetv2_petct.channels import channel_kind
+from nnunetv2_petct.conversion.channels import channel_kind
 from nnunetv2_petct.nnunet.trainers.base import TinyScheduleMixin, nnUNetTrainerPETCT
-from nnunetv2_petct.weights import tensor_digest
+from nnunetv2_petct.transfer.weights import tensor_digest
 
 PRETRAINED_INFO_FILE = "pretrained_weights.json"
 

@@ -6,7 +6,7 @@ The network is whatever the plans say (PlainConvUNet, ResidualEncoderUNet preset
 nnU-Net with as many input *and* output channels as the channels it reconstructs (2 for CT+PET), deep
 supervision off: the reconstruction head is the network's final output layer. Everything else is
 nnU-Net's: data loading from the preprocessed dataset, folds, logging, ``progress.png``, ``--c``,
-``-num_gpus``. All knobs live in one :class:`~nnunetv2_petct.mae.MAEConfig` (class attribute
+``-num_gpus``. All knobs live in one :class:`~nnunetv2_petct.pretraining.mae.MAEConfig` (class attribute
 ``mae_config``), printed to the training log at start and saved in every checkpoint.
 
 Per iteration: the batch's channels are masked block-wise (independently per channel by default), masked
@@ -33,7 +33,7 @@ Validation
 Outputs in the fold folder (besides nnU-Net's checkpoints and logs)
     ``foundation_final.pth`` (end of training) and ``foundation_best.pth`` (lowest exponential moving
     average of the validation loss, factor 0.9 as nnU-Net's pseudo-Dice EMA): see
-    :mod:`nnunetv2_petct.foundation`; load them into fine-tuning with stock ``-pretrained_weights``
+    :mod:`nnunetv2_petct.transfer.foundation`; load them into fine-tuning with stock ``-pretrained_weights``
     (same plans and channel count; the output layers are not transferred).
     ``preview_epoch_XXXX.png`` every ``preview_every`` epochs (default nnU-Net's ``save_every``) and at the
     last epoch, ``preview_final.png`` from the final validation, ``preview_latest.png`` = the newest.
@@ -71,12 +71,8 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import distributed as dist
 from torch._dynamo import OptimizedModule
 
-from nnunetv2_petct.foundation import (
-    build_foundation_checkpoint,
-    check_writable_folder,
-    save_foundation_checkpoint,
-)
-from nnunetv2_petct.mae import (
+from nnunetv2_petct.nnunet.trainers.base import PETCTChannelCheckMixin, TinyScheduleMixin
+from nnunetv2_petct.pretraining.mae import (
     CosineWarmupLR,
     MAEConfig,
     MaskedReconstructionLoss,
@@ -87,7 +83,11 @@ from nnunetv2_petct.mae import (
     resolve_block_size,
     seed_for,
 )
-from nnunetv2_petct.nnunet.trainers.base import PETCTChannelCheckMixin, TinyScheduleMixin
+from nnunetv2_petct.transfer.foundation import (
+    build_foundation_checkpoint,
+    check_writable_folder,
+    save_foundation_checkpoint,
+)
 
 STAT_KEYS = ("sse_masked", "sse_visible", "ss_masked", "n_masked", "n_visible")
 MAE_STATE_VERSION = 1
@@ -442,7 +442,7 @@ class nnUNetTrainerPETCTMAE(PETCTChannelCheckMixin, nnUNetTrainer):
         example = example if example is not None else self._preview_example
         if self.local_rank != 0 or example is None:
             return None
-        from nnunetv2_petct.previews import render_reconstruction_preview
+        from nnunetv2_petct.pretraining.previews import render_reconstruction_preview
 
         target, masked, pred, _ = (t.numpy() for t in example)
         spacing = list(self.configuration_manager.spacing)

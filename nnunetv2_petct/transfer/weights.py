@@ -560,8 +560,8 @@ def _merge_per_channel_from_sources(plan: dict, sources: list) -> None:
 def _validate_if_foundation(checkpoint: Mapping) -> None:
     """Run the foundation-format validator on checkpoints that declare that format (consistency of
     ``keys_to_in_proj`` with ``pretrain_num_input_channels`` after surgery)."""
-    if checkpoint.get("format") == "nnunetv2_petct.foundation":
-        from nnunetv2_petct.foundation import validate_foundation_checkpoint
+    if checkpoint.get("format") == "nnunetv2_petct.transfer.foundation":
+        from nnunetv2_petct.transfer.foundation import validate_foundation_checkpoint
 
         validate_foundation_checkpoint(checkpoint)
 

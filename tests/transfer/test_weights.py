@@ -1,11 +1,11 @@
-"""Weight surgery (nnunetv2_petct.weights) on real dynamic_network_architectures U-Nets, in-process."""
+"""Weight surgery (nnunetv2_petct.transfer.weights) on real dynamic_network_architectures U-Nets, in-process."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from nnunetv2_petct import weights as W
+from nnunetv2_petct.transfer import weights as W
 
 # PlainConvUNet as nnU-Net builds it, tiny: 3 stages, features 4-8-16, InstanceNorm, LeakyReLU.
 ARCH = dict(n_stages=3, features_per_stage=[4, 8, 16], conv_op=torch.nn.Conv3d, kernel_sizes=[[3, 3, 3]] * 3,

@@ -1,4 +1,4 @@
-"""Masking, loss, schedule and step of the MAE objective (nnunetv2_petct.mae), on hand-derived cases."""
+"""Masking, loss, schedule and step of the MAE objective (nnunetv2_petct.pretraining.mae), on hand-derived cases."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from nnunetv2_petct.mae import (
+from nnunetv2_petct.pretraining.mae import (
     CosineWarmupLR,
     MAEConfig,
     apply_mask,

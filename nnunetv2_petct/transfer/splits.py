@@ -52,7 +52,7 @@ class SplitError(ValueError):
 
 def paper_splits_dir() -> Path:
     """Folder of the paper's split CSVs shipped with the package."""
-    return Path(__file__).resolve().parent / "data" / "paper_splits"
+    return Path(__file__).resolve().parents[1] / "data" / "paper_splits"
 
 
 # ------------------------------------------------------------------------------------ generic helpers

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nnunetv2_petct.suv import (
+from nnunetv2_petct.conversion.suv import (
     SUVError,
     compute_suv_bw,
     decay_factor,

@@ -1,4 +1,4 @@
-"""Reconstruction preview PNGs (nnunetv2_petct.previews)."""
+"""Reconstruction preview PNGs (nnunetv2_petct.pretraining.previews)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import struct
 import numpy as np
 import pytest
 
-from nnunetv2_petct.previews import render_reconstruction_preview
+from nnunetv2_petct.pretraining.previews import render_reconstruction_preview
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

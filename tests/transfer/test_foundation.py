@@ -1,4 +1,4 @@
-"""Foundation checkpoints (nnunetv2_petct.foundation): contents, weights_only safety, validation, errors."""
+"""Foundation checkpoints (nnunetv2_petct.transfer.foundation): contents, weights_only safety, validation, errors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from nnunetv2_petct.foundation import (
+from nnunetv2_petct.transfer.foundation import (
     FoundationCheckpointError,
     architecture_keys,
     build_foundation_checkpoint,

@@ -1,35 +1,19 @@
-"""``make demo``: the whole foundation-model pipeline, from raw cohort "downloads" to a report.
+"""The demo's configuration: profiles, dataset ids, paths and the recorded command runner."""
 
-Run ``python -m nnunetv2_petct.demo --help``. Every step is a real command-line call (our CLIs
-and the stock nnU-Net ones) in a subprocess, recorded in ``demo_output/commands.sh`` so that it can
-be copied and pasted; the same commands run on real downloads with other paths, dataset ids and
-trainer names (see the README).
-
-Steps (each skipped when its outputs exist; ``--fresh`` starts clean):
- 1. synthetic downloads: AutoPET per-study NIfTI (labeled), DEEP-PSMA, SPADE, ViMed-like, DICOM;
- 2. conversion of each cohort, the pretraining set, planning (tiny plans for the CPU), plans
-    transferred to the AutoPET dataset;
- 3. MAE pretraining;
- 4. label-efficiency runs at a small label fraction: fine-tuned, from scratch, linear probe,
-    each predicted on the held-out test set with ``nnUNetv2_predict`` and evaluated;
- 5. ``demo_output/report.md`` with the commands, cohort counts, metric table and figures.
-
-Numbers from this toy run are not the paper's: the phantoms are tiny and the schedules short.
-"""
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from nnunetv2_petct.conversion.registry import find_dataset_dir
 
 logger = logging.getLogger(__name__)
 
@@ -157,41 +141,12 @@ def default_device() -> str:
     return "cpu"
 
 
-def main(argv: list[str] | None = None) -> int:
-    from nnunetv2_petct.demo_steps import run_demo
-
-    p = argparse.ArgumentParser(
-        prog="python -m nnunetv2_petct.demo",
-        description="Run the whole PET/CT foundation-model pipeline on a synthetic multi-cohort download: "
-        "convert, pretrain (MAE), fine-tune / scratch / linear probe, predict, evaluate, report. "
-        "Outputs go to --out only; re-running reuses finished steps.",
-    )
-    p.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (default demo_output)")
-    p.add_argument("--profile", choices=sorted(PROFILES), default="demo",
-                   help="demo: what `make demo` runs (~10 min on 2 CPU cores); test: the tiniest settings")
-    p.add_argument("--fresh", action="store_true", help="delete --out first and start clean")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("-q", "--quiet", action="store_true")
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if a.quiet else logging.INFO, format="%(message)s")
-    device = default_device() if a.device == "auto" else a.device
-    if device == "cpu" and a.device == "auto" and not a.quiet:
-        print("[demo] no GPU found: running on the CPU (fine for this demo; real pretraining needs a GPU)")
-    out = a.out.resolve()
-    if a.fresh and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    demo = Demo(out=out, profile=PROFILES[a.profile], device=device, quiet=a.quiet)
-    demo.state.mkdir(exist_ok=True)
-    t0 = time.perf_counter()
-    try:
-        report = run_demo(demo)
-    except (RuntimeError, ValueError) as e:
-        print(f"[demo] FAILED: {e}", file=sys.stderr)
-        return 1
-    print(f"[demo] done in {time.perf_counter() - t0:.0f} s. Report: {report}")
-    return 0
+def dataset_dir(root: Path, dataset_id: int) -> Path:
+    """``root/DatasetXXX_*`` of a demo dataset (raw, preprocessed or results root)."""
+    return find_dataset_dir(root, dataset_id)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def foundation_checkpoint(demo: Demo) -> Path:
+    trainer = f"nnUNetTrainerPETCTMAE{demo.profile.trainer_suffix}"
+    return dataset_dir(demo.results, PRETRAIN_ID) / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_all" / \
+        "foundation_final.pth"

@@ -33,7 +33,7 @@ def _window(a: np.ndarray, lo_pct: float, hi_pct: float) -> tuple[float, float]:
 
 
 def _is_pet(name: str) -> bool:
-    from nnunetv2_petct.channels import channel_kind
+    from nnunetv2_petct.conversion.channels import channel_kind
 
     return channel_kind(name) == "PET"
 
@@ -46,7 +46,7 @@ def render_reconstruction_preview(original: np.ndarray, masked: np.ndarray, reco
 
     ``original``, ``masked``, ``reconstruction``: arrays ``(C, Z, Y, X)`` (or ``(Z, Y, X)`` for one channel)
     in the network's normalized intensities; ``channel_names`` has C names (a name that
-    ``nnunetv2_petct.channels.channel_kind`` calls PET also gets the MIP row); ``spacing_mm`` (z, y, x)
+    ``nnunetv2_petct.conversion.channels.channel_kind`` calls PET also gets the MIP row); ``spacing_mm`` (z, y, x)
     sets the display aspect (isotropic when None). 2D patches ``(C, Y, X)`` are not supported.
     Raises ValueError for mismatched shapes or names.
     """

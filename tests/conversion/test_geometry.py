@@ -1,4 +1,4 @@
-"""Tests for nnunetv2_petct.imaging (hand-derived expectations)."""
+"""Tests for nnunetv2_petct.conversion.geometry (hand-derived expectations)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunetv2_petct.imaging import (
+from nnunetv2_petct.conversion.geometry import (
     array_zyx_to_image,
     body_mask,
     crop_to_mask_bbox,
@@ -176,7 +176,7 @@ def test_crop_margin_clipped_and_empty_mask(caplog):
 
 def test_pure_library_modules_do_not_import_nnunetv2_or_torch():
     code = (
-        "import sys, nnunetv2_petct.imaging, nnunetv2_petct.phantoms; "
+        "import sys, nnunetv2_petct.conversion.geometry, nnunetv2_petct.phantoms; "
         "bad = [m for m in ('nnunetv2', 'torch') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -7,8 +7,18 @@ import json
 import shutil
 from pathlib import Path
 
-from nnunetv2_petct.conversion.registry import find_dataset_dir
-from nnunetv2_petct.demo import AUTOPET_ID, DEEPPSMA_ID, DICOM_ID, PRETRAIN_ID, SPADE_ID, VIMED_ID, Demo
+from nnunetv2_petct.demo.config import (
+    AUTOPET_ID,
+    DEEPPSMA_ID,
+    DICOM_ID,
+    PRETRAIN_ID,
+    SPADE_ID,
+    VIMED_ID,
+    Demo,
+    dataset_dir,
+    foundation_checkpoint,
+)
+from nnunetv2_petct.demo.report import evaluate_all, write_report
 
 COHORTS = (  # (cli cohort name, download folder, dataset id, dataset name, extra convert options)
     ("autopet", "autopet", AUTOPET_ID, "AutoPETDemo", []),
@@ -17,11 +27,6 @@ COHORTS = (  # (cli cohort name, download folder, dataset id, dataset name, extr
     ("vimed-pet", "vimed", VIMED_ID, "ViMedDemo", ["--ct-offset", "-1024"]),
     ("dicom", "dicom", DICOM_ID, "DICOMDemo", []),
 )
-
-
-def dataset_dir(root: Path, dataset_id: int) -> Path:
-    """``root/DatasetXXX_*`` of a demo dataset (raw, preprocessed or results root)."""
-    return find_dataset_dir(root, dataset_id)
 
 
 # ---- step 1: synthetic downloads --------------------------------------------------------------
@@ -96,12 +101,6 @@ def pretrain(demo: Demo) -> None:
     demo.sh(["nnUNetv2_train", str(PRETRAIN_ID), "3d_fullres", "all", "-tr", trainer, "-device", demo.device])
 
 
-def foundation_checkpoint(demo: Demo) -> Path:
-    trainer = f"nnUNetTrainerPETCTMAE{demo.profile.trainer_suffix}"
-    return dataset_dir(demo.results, PRETRAIN_ID) / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_all" / \
-        "foundation_final.pth"
-
-
 # ---- step 4: label efficiency (fine-tune / scratch / probe), predict, evaluate --------------------
 def test_case_ids(demo: Demo) -> list[str]:
     """The held-out AutoPET test studies: the last ``n_test`` patients' studies of the converted set."""
@@ -128,8 +127,6 @@ def finetune_and_evaluate(demo: Demo) -> None:
 
 # ---- step 5: report -----------------------------------------------------------------------------
 def run_demo(demo: Demo) -> Path:
-    from nnunetv2_petct.demo_report import evaluate_all, write_report
-
     demo.step("downloads", lambda: make_downloads(demo))
     demo.step("convert", lambda: convert_all(demo))
     demo.step("plan", lambda: plan(demo))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from nnunetv2_petct import splits as S
+from nnunetv2_petct.transfer import splits as S
 
 REFERENCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "paper_splits"
 

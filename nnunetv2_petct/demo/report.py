@@ -8,7 +8,7 @@ import math
 import shutil
 from pathlib import Path
 
-from nnunetv2_petct.demo import AUTOPET_ID, PRETRAIN_ID, Demo
+from nnunetv2_petct.demo.config import AUTOPET_ID, PRETRAIN_ID, Demo, dataset_dir, foundation_checkpoint
 
 METHOD_LABELS = {"pretrained": "fine-tuned from the foundation model", "scratch": "from scratch (same schedule)",
                  "probe": "linear probe (frozen foundation model)"}
@@ -100,8 +100,6 @@ def evaluate_all(demo: Demo) -> None:
 
 
 def write_report(demo: Demo) -> Path:
-    from nnunetv2_petct.demo_steps import dataset_dir, foundation_checkpoint
-
     demo.figures.mkdir(parents=True, exist_ok=True)
     le_dir = demo.out / "label_efficiency"
     design = json.loads((le_dir / "label_efficiency_design.json").read_text())
@@ -163,7 +161,7 @@ def write_report(demo: Demo) -> Path:
               "Run from any folder after `export DEMO=<this folder>` and "
               "`export nnUNet_raw=$DEMO/nnUNet_raw nnUNet_preprocessed=$DEMO/nnUNet_preprocessed "
               "nnUNet_results=$DEMO/nnUNet_results`. The synthetic downloads come from "
-              "`nnunetv2_petct.demo_steps.make_downloads` (Python).", "", "```bash",
+              "`nnunetv2_petct.demo.steps.make_downloads` (Python).", "", "```bash",
               *demo.commands, "```", ""]
     (demo.out / "commands.sh").write_text("#!/usr/bin/env bash\nset -euo pipefail\n"
                                           ": \"${DEMO:?set DEMO to the demo output folder}\"\n"

@@ -22,7 +22,7 @@ str, int, float, bool and None inside, no classes, no numpy:
 ``petct_metadata``
     Our metadata: channel order, masking config, data summary, versions, trainer, epoch, losses.
 ``format``
-    ``"nnunetv2_petct.foundation"`` and ``format_version``.
+    ``"nnunetv2_petct.transfer.foundation"`` and ``format_version``.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "nnunetv2_petct.foundation"
+FORMAT = "nnunetv2_petct.transfer.foundation"
 FORMAT_VERSION = 1
 REQUIRED_PLAN_KEYS = ("architecture_plans", "pretrain_plan", "pretrain_num_input_channels", "key_to_encoder",
                       "key_to_stem", "keys_to_in_proj", "patch_size", "spacing", "normalization_schemes")
