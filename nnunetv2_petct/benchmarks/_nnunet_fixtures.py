@@ -13,60 +13,19 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from nnunetv2_petct.nnunet.env import console_script
 
 logger = logging.getLogger(__name__)
 
 #: nnU-Net's default trainer-folder naming: ``<trainer>__<plans>__<configuration>``.
 DEFAULT_TRAINER = "nnUNetTrainerPETCT"
 DEFAULT_PLANS = "nnUNetPlans"
-
-
-def nnunet_env(root: Path, threads: int = 2, **extra: str) -> dict[str, str]:
-    """Environment for nnU-Net subprocesses: the three folders under ``root`` (created), CPU-friendly settings.
-
-    ``nnUNet_n_proc_DA`` is 0 here (no augmentation workers); planning needs it > 0 because the planner
-    calls ``torch.set_num_threads(nnUNet_n_proc_DA)``: :func:`plan_dataset` sets it itself.
-    ``nnUNet_extTrainer`` is removed so the plugin's discovery hook is what finds our trainers.
-    """
-    root = Path(root)
-    env = {k: v for k, v in os.environ.items() if k not in ("nnUNet_extTrainer", "NNUNETV2_PETCT_NO_HOOK")}
-    env.update(
-        nnUNet_raw=str(root / "raw"),
-        nnUNet_preprocessed=str(root / "preprocessed"),
-        nnUNet_results=str(root / "results"),
-        nnUNet_def_n_proc=str(threads),
-        nnUNet_n_proc_DA="0",
-        nnUNet_compile="false",
-        OMP_NUM_THREADS=str(threads),
-        MPLBACKEND="Agg",
-        PYTHONUNBUFFERED="1",
-    )
-    for k in ("raw", "preprocessed", "results"):
-        (root / k).mkdir(parents=True, exist_ok=True)
-    env.update(extra)
-    return env
-
-
-def console_script(name: str) -> str:
-    """Path of an installed console script (next to this interpreter first, then ``PATH``).
-
-    Raises FileNotFoundError naming the script when it is not installed.
-    """
-    path = Path(sys.executable).parent / name
-    if path.exists():
-        return str(path)
-    found = shutil.which(name)
-    if found is None:
-        raise FileNotFoundError(f"console script {name} not found next to {sys.executable} nor on PATH; "
-                                f"install nnunetv2 and this package into the environment")
-    return found
 
 
 def run_command(cmd: Sequence[str], env: dict[str, str], timeout_s: float | None = None) -> tuple[float, str]:
@@ -134,6 +93,7 @@ def write_model_folder(preprocessed_folder: Path, results_root: Path, trainer_na
     Mirroring axes: (0, 1, 2) as nnU-Net's default for 3D patches.
     """
     import torch
+    from nnunetv2.utilities.file_path_utilities import convert_trainer_plans_config_to_identifier
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -164,8 +124,8 @@ def write_model_folder(preprocessed_folder: Path, results_root: Path, trainer_na
         "trainer_name": trainer_name,
         "inference_allowed_mirroring_axes": tuple(range(dim)),
     }
-    model_folder = (Path(results_root) / preprocessed_folder.name
-                    / f"{trainer_name}__{plans_identifier}__{configuration}")
+    model_folder = Path(results_root) / preprocessed_folder.name / convert_trainer_plans_config_to_identifier(
+        trainer_name, plans_identifier, configuration)
     fold_dir = model_folder / f"fold_{fold}"
     fold_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(preprocessed_folder / f"{plans_identifier}.json", model_folder / "plans.json")

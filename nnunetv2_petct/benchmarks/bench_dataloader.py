@@ -44,6 +44,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from nnunetv2_petct.benchmarks import _nnunet_fixtures as fx
+from nnunetv2_petct.nnunet.env import nnunet_env
 
 logger = logging.getLogger(__name__)
 
@@ -240,7 +241,7 @@ def run(size: str = "small", n_batches: int = 20, workers: Sequence[int] = (0, 1
     setup: dict[str, float] = {}
     try:
         if preprocessed_folder is None:
-            env = fx.nnunet_env(root)
+            env = nnunet_env(root)
             t0 = time.perf_counter()
             fx.write_phantom_dataset(root / "raw", DATASET_ID, DATASET_NAME, size, n_cases=n_cases, seed=seed,
                                      labels=False)

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -47,6 +48,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from nnunetv2_petct.benchmarks import _nnunet_fixtures as fx
+from nnunetv2_petct.nnunet.env import console_script, nnunet_env
 
 logger = logging.getLogger(__name__)
 
@@ -62,21 +64,14 @@ def _parse_n_steps(output: str) -> list[int]:
     return [int(m.group(1)) for m in re.finditer(r"n_steps (\d+)", output)]
 
 
-def sliding_window_steps(image_shape: Sequence[int], patch_size: Sequence[int], step_size: float = 0.5) -> int:
-    """Number of sliding-window positions nnU-Net uses for ``image_shape`` (after preprocessing).
+def _n_windows(shape_zyx: Sequence[int], patch: Sequence[int], step_size: float) -> int:
+    """Sliding-window positions of nnU-Net's predictor for a preprocessed image of this shape: nnU-Net's
+    ``compute_steps_for_sliding_window`` on the image padded up to the patch (as the predictor pads it).
+    Example: 326x400x400 with a 128^3 patch and step 0.5 -> 5 x 6 x 6 = 180."""
+    from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
 
-    Same rule as ``nnunetv2.inference.sliding_window_prediction.compute_steps_for_sliding_window``: per
-    axis ``ceil((image - patch) / (patch * step_size)) + 1`` positions (1 when the image is no larger than
-    the patch; nnU-Net pads smaller images up to the patch). Example: 326x400x400 with a 128^3 patch and
-    step 0.5 -> 5 x 6 x 6 = 180.
-    """
-    import math
-
-    n = 1
-    for size, patch in zip(image_shape, patch_size):
-        size = max(int(size), int(patch))
-        n *= int(math.ceil((size - patch) / (patch * step_size))) + 1
-    return n
+    padded = [max(int(s), int(p)) for s, p in zip(shape_zyx, patch)]
+    return math.prod(len(steps) for steps in compute_steps_for_sliding_window(padded, list(patch), step_size))
 
 
 def _preprocessed_shape(shape_zyx: Sequence[int], spacing_zyx: Sequence[float], target_zyx: Sequence[float]):
@@ -150,7 +145,7 @@ def run(device: str = "cpu", size: str = "full", mirroring: Sequence[bool] = (Fa
     root = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="bench_predict_"))
     setup: dict[str, float] = {}
     try:
-        env = fx.nnunet_env(root)
+        env = nnunet_env(root)
         if preprocessed_folder is None:
             t0 = time.perf_counter()
             raw = fx.write_phantom_dataset(root / "raw", DATASET_ID, DATASET_NAME, size, n_cases=max(1, n_cases))
@@ -205,7 +200,7 @@ def run(device: str = "cpu", size: str = "full", mirroring: Sequence[bool] = (Fa
         results: dict[bool, dict] = {}
         for mirror in mirroring:
             out_dir = root / f"predict_out_{'tta' if mirror else 'notta'}"
-            cmd = [fx.console_script("nnUNetv2_predict"), "-i", str(input_dir), "-o", str(out_dir),
+            cmd = [console_script("nnUNetv2_predict"), "-i", str(input_dir), "-o", str(out_dir),
                    "-d", str(dataset_id), "-tr", fx.DEFAULT_TRAINER, "-c", CONFIGURATION, "-f", "0",
                    "-step_size", str(step_size), "-npp", "1", "-nps", "1", "-device", device,
                    "--disable_progress_bar", "--verbose"]
@@ -226,8 +221,8 @@ def run(device: str = "cpu", size: str = "full", mirroring: Sequence[bool] = (Fa
             if r["n_steps"]:
                 n_steps_measured = r["n_steps"][0]
         if n_steps_measured is None:
-            n_steps_measured = sliding_window_steps(measured_shape, patch, step_size)
-        n_steps_full = sliding_window_steps(full_shape, patch, step_size)
+            n_steps_measured = _n_windows(measured_shape, patch, step_size)
+        n_steps_full = _n_windows(full_shape, patch, step_size)
         n = len(case_ids)
         out = {
             "device": device,

@@ -75,12 +75,12 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if a.quiet else logging.INFO, format="%(message)s")
+    from nnunetv2_petct.io import CaseListError, read_case_list
     from nnunetv2_petct.nnunet.label_efficiency import (
         TABLE_MD,
         LabelEfficiencyError,
         RunFailedError,
         label_efficiency,
-        read_case_list,
     )
 
     out = a.output or f"label_efficiency_{a.dataset}"
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             val_fraction=a.val_fraction, seed=a.seed, device=a.device, disable_tta=a.disable_tta, npp=a.npp,
             nps=a.nps, dry_run=a.dry_run, skip_training=a.skip_training, quiet=a.quiet,
         )
-    except LabelEfficiencyError as e:
+    except (LabelEfficiencyError, CaseListError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1 if isinstance(e, RunFailedError) else 2
     if rows and not a.quiet:

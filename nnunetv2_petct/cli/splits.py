@@ -69,8 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    from nnunetv2_petct.conversion.core import BadInputError, read_id_list, read_manifest
+    from nnunetv2_petct.conversion.core import BadInputError, read_manifest
     from nnunetv2_petct.conversion.registry import find_dataset_dir, resolve_raw_dir
+    from nnunetv2_petct.io import CaseListError, read_case_list
     from nnunetv2_petct.transfer import splits as S
 
     try:
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                    f"{cv}fold {len(splits) - 1} pool vs test; "
                    f"{len(ps.missing)} CSV studies missing from the dataset; details in {info_path}")
         else:
-            holdout = set(read_id_list(a.holdout)) if a.holdout else set()
+            holdout = set(read_case_list(a.holdout)) if a.holdout else set()
             if a.holdout_paper_test:
                 ps = S.paper_protocol(records, 100, allow_missing=True)
                 holdout |= set(ps.test)
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                    f"{[len(s['train']) for s in splits]}, val sizes {[len(s['val']) for s in splits]}")
         S.check_patient_disjoint(splits, c2p)
         S.write_splits(splits, out)
-    except (BadInputError, S.SplitError) as e:
+    except (BadInputError, CaseListError, S.SplitError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not a.quiet:

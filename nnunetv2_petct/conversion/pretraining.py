@@ -33,20 +33,17 @@ from nnunetv2_petct.conversion.core import (
     BadInputError,
     CaseResult,
     ConversionError,
-    _partial_path,
+    _partial_dir,
     case_paths,
     clean_partial,
     commit_images,
     finalize_dataset,
     is_case_done,
-    read_id_list,
     read_image,
     read_manifest,
-    run_parallel,
-    write_json_atomic,
-    write_text_atomic,
 )
 from nnunetv2_petct.conversion.registry import dataset_folder, find_dataset_dir, resolve_raw_dir
+from nnunetv2_petct.io import atomic_write, read_case_list, run_parallel, write_json_atomic, write_text_atomic
 
 COHORT_PREFIX = {
     "autopet": "autopet", "autopet-nnunet": "autopet", "autopet-dicom": "autopet",
@@ -90,19 +87,13 @@ class PretrainingSummary:
 def link_or_copy(src: Path, dst: Path, dataset_dir: Path) -> str:
     """Hard-link ``src`` to ``dst`` (atomically, through ``.partial/``), copying when linking is not
     possible (another file system, no permission). Returns ``"hardlink"`` or ``"copy"``."""
-    tmp = _partial_path(dataset_dir, dst)
-    try:
+    with atomic_write(dst, tmp_dir=_partial_dir(dataset_dir)) as tmp:
         try:
             os.link(src, tmp)
             how = "hardlink"
         except OSError:
             shutil.copyfile(src, tmp)
             how = "copy"
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return how
 
 
@@ -205,7 +196,7 @@ def build_pretraining_dataset(dataset_id: int, from_datasets: Sequence[int | str
     if exclude is None:
         exclusions: set[str] = set()
     elif isinstance(exclude, (str, os.PathLike)):
-        exclusions = set(read_id_list(Path(exclude)))
+        exclusions = set(read_case_list(Path(exclude)))
     else:
         exclusions = set(exclude)
 

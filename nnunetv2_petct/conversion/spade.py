@@ -29,9 +29,9 @@ from nnunetv2_petct.conversion.core import (
     LayoutError,
     LoadedCase,
     describe_tree,
-    read_id_list,
     sanitize_id,
 )
+from nnunetv2_petct.io import read_case_list
 
 DEFAULT_SPACING_MM = (3.0, 3.5, 3.5)
 KNOWN_BAD_SCANS = (
@@ -101,7 +101,7 @@ def discover_spade(source: Path, spacing: Sequence[float] | None = None, pet_uni
     scan_dirs = sorted({p.parent for name in ("pet.npy", "ct.npy") for p in root.rglob(name)})
     if not scan_dirs:
         raise LayoutError(f"no SPADE scan (<patient>/<scan>/pet.npy, ct.npy) under {root}. Found: {describe_tree(root)}")
-    user_excl = set(read_id_list(exclude)) if exclude else set()
+    user_excl = set(read_case_list(exclude)) if exclude else set()
     known_bad = set(KNOWN_BAD_SCANS)
     sources, excluded = [], []
     for d in scan_dirs:

@@ -34,9 +34,9 @@ from nnunetv2_petct.conversion.core import (
     LayoutError,
     LoadedCase,
     describe_tree,
-    read_id_list,
     sanitize_id,
 )
+from nnunetv2_petct.io import read_case_list
 
 DEFAULT_PET_GLOB = "*pet*"
 DEFAULT_CT_GLOB = "*ct*"
@@ -129,7 +129,7 @@ def discover_vimed(source: Path, pet_glob: str | None = None, ct_glob: str | Non
         spacing_mm = tuple(float(s) for s in spacing)
         if len(spacing_mm) != 3 or min(spacing_mm) <= 0:
             raise BadInputError(f"spacing must be three positive numbers (z y x), got {spacing}")
-    user_excl = set(read_id_list(exclude)) if exclude else set()
+    user_excl = set(read_case_list(exclude)) if exclude else set()
 
     studies: list[tuple[Path, list[str], list[str]]] = []
     for dirpath, dirnames, filenames in os.walk(root):

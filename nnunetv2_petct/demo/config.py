@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shlex
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nnunetv2_petct.conversion.registry import find_dataset_dir
+from nnunetv2_petct.nnunet.env import nnunet_env
 
 logger = logging.getLogger(__name__)
 
@@ -78,14 +78,8 @@ class Demo:
         return self.out / ".state"
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k != "nnUNet_extTrainer"}
-        env.update(nnUNet_raw=str(self.raw), nnUNet_preprocessed=str(self.preprocessed),
-                   nnUNet_results=str(self.results), nnUNet_compile="false", MPLBACKEND="Agg",
-                   PYTHONUNBUFFERED="1")
-        env.setdefault("nnUNet_def_n_proc", "2")
-        env.setdefault("nnUNet_n_proc_DA", "0" if self.device == "cpu" else "4")
-        env.update(extra)
-        return env
+        return nnunet_env(raw=self.raw, preprocessed=self.preprocessed, results=self.results, threads=None,
+                          n_proc_da=0 if self.device == "cpu" else 4, create=False, **extra)
 
     # ---- running ---------------------------------------------------------------------------
     def say(self, msg: str) -> None:
@@ -146,7 +140,15 @@ def dataset_dir(root: Path, dataset_id: int) -> Path:
     return find_dataset_dir(root, dataset_id)
 
 
+def fold_dir(demo: Demo, dataset_id: int, trainer: str, fold: int | str) -> Path:
+    """A demo run's ``fold_<fold>`` folder, named by nnU-Net's ``get_output_folder`` rule. The demo sets
+    ``nnUNet_results`` only for its subprocesses, so the root is ``demo.results`` here."""
+    from nnunetv2.utilities.file_path_utilities import convert_trainer_plans_config_to_identifier
+
+    run = convert_trainer_plans_config_to_identifier(trainer, "nnUNetPlans", "3d_fullres")
+    return dataset_dir(demo.results, dataset_id) / run / f"fold_{fold}"
+
+
 def foundation_checkpoint(demo: Demo) -> Path:
     trainer = f"nnUNetTrainerPETCTMAE{demo.profile.trainer_suffix}"
-    return dataset_dir(demo.results, PRETRAIN_ID) / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_all" / \
-        "foundation_final.pth"
+    return fold_dir(demo, PRETRAIN_ID, trainer, "all") / "foundation_final.pth"

@@ -8,16 +8,17 @@ import math
 import shutil
 from pathlib import Path
 
-from nnunetv2_petct.demo.config import AUTOPET_ID, PRETRAIN_ID, Demo, dataset_dir, foundation_checkpoint
+from nnunetv2_petct.demo.config import (
+    AUTOPET_ID,
+    PRETRAIN_ID,
+    Demo,
+    fold_dir,
+    foundation_checkpoint,
+)
+from nnunetv2_petct.io import fmt_number, write_text_atomic
 
 METHOD_LABELS = {"pretrained": "fine-tuned from the foundation model", "scratch": "from scratch (same schedule)",
                  "probe": "linear probe (frozen foundation model)"}
-
-
-def _fmt(v, digits: int = 3) -> str:
-    if v is None or v == "" or (isinstance(v, float) and not math.isfinite(v)):
-        return "n/a"
-    return f"{float(v):.{digits}f}"
 
 
 def _num(v) -> float | None:
@@ -120,7 +121,7 @@ def write_report(demo: Demo) -> Path:
         fold = design["subsets"][0]["fold"]
         trainer = f"{'nnUNetTrainerPETCTFinetune' if method == 'pretrained' else 'nnUNetTrainerPETCTScratch'}" \
                   f"{demo.profile.trainer_suffix}"
-        prog = dataset_dir(demo.results, AUTOPET_ID) / f"{trainer}__nnUNetPlans__3d_fullres" / f"fold_{fold}" / "progress.png"
+        prog = fold_dir(demo, AUTOPET_ID, trainer, fold) / "progress.png"
         figures[f"Fine-tuning loss curves: {METHOD_LABELS[method]}"] = _copy_figure(
             prog, demo.figures / f"progress_{method}.png")
     figures["PET MIP with ground truth and fine-tuned prediction"] = mip_figure(demo, le_dir, "pretrained", subset)
@@ -144,9 +145,9 @@ def write_report(demo: Demo) -> Path:
         "|---|---|---|---|---|---|---|---|",
     ]
     for method, m in rows:
-        lines.append(f"| {METHOD_LABELS[method]} | {_fmt(m['dice'])} | {_fmt(m['fpv_ml'], 2)} | {_fmt(m['fnv_ml'], 2)} | "
-                     f"{_fmt(m['lesion_sensitivity'])} | {_fmt(m['fp_lesions_per_case'], 2)} | "
-                     f"{_fmt(m['tmtv_abs_error_ml'], 2)} | {m['n_cases']} |")
+        lines.append(f"| {METHOD_LABELS[method]} | {fmt_number(m['dice'])} | {fmt_number(m['fpv_ml'], 2)} | {fmt_number(m['fnv_ml'], 2)} | "
+                     f"{fmt_number(m['lesion_sensitivity'])} | {fmt_number(m['fp_lesions_per_case'], 2)} | "
+                     f"{fmt_number(m['tmtv_abs_error_ml'], 2)} | {m['n_cases']} |")
     lines += ["", "Dice and FNV leave out cases with empty ground truth (autoPET rule); lesion sensitivity is "
               "pooled over lesions with the any-overlap rule. Per-case and per-lesion tables (SUVmax, SUVpeak, "
               "MTV, TLG): `evaluation/<method>/`.", "", "## Figures", ""]
@@ -163,12 +164,8 @@ def write_report(demo: Demo) -> Path:
               "nnUNet_results=$DEMO/nnUNet_results`. The synthetic downloads come from "
               "`nnunetv2_petct.demo.steps.make_downloads` (Python).", "", "```bash",
               *demo.commands, "```", ""]
-    (demo.out / "commands.sh").write_text("#!/usr/bin/env bash\nset -euo pipefail\n"
-                                          ": \"${DEMO:?set DEMO to the demo output folder}\"\n"
-                                          "export nnUNet_raw=$DEMO/nnUNet_raw nnUNet_preprocessed=$DEMO/nnUNet_preprocessed "
-                                          "nnUNet_results=$DEMO/nnUNet_results\n" + "\n".join(demo.commands) + "\n")
-    report = demo.out / "report.md"
-    tmp = report.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines))
-    tmp.replace(report)
-    return report
+    write_text_atomic("#!/usr/bin/env bash\nset -euo pipefail\n"
+                      ": \"${DEMO:?set DEMO to the demo output folder}\"\n"
+                      "export nnUNet_raw=$DEMO/nnUNet_raw nnUNet_preprocessed=$DEMO/nnUNet_preprocessed "
+                      "nnUNet_results=$DEMO/nnUNet_results\n" + "\n".join(demo.commands) + "\n", demo.out / "commands.sh")
+    return write_text_atomic("\n".join(lines), demo.out / "report.md")

@@ -22,17 +22,23 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
+
+from nnunetv2_petct.io import (
+    IncompleteFileError,
+    check_nifti_gz_complete,
+    fmt_number,
+    jsonable,
+    run_parallel,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 from .case import CASE_COLUMNS, LESION_COLUMNS, case_rows, evaluate_case
 from .detection import parse_overlap_rule
@@ -169,6 +175,12 @@ def collect_cases(
 def _evaluate_files(case: str, ref: Path, pred: Path, pet: Path | None, overlap: str) -> tuple[dict, list[dict]]:
     import SimpleITK as sitk
 
+    for what, path in (("reference", ref), ("prediction", pred), ("PET", pet)):
+        if path is not None and str(path).lower().endswith(".nii.gz"):
+            try:  # ITK reads a truncated .nii.gz without error: never score one
+                check_nifti_gz_complete(path, f"{what} {path}")
+            except IncompleteFileError as e:
+                raise EvaluationInputError(f"case {case}: {e}") from None
     try:
         ref_img = sitk.ReadImage(str(ref))
         gt = sitk.GetArrayFromImage(ref_img)  # (z, y, x)
@@ -181,6 +193,20 @@ def _evaluate_files(case: str, ref: Path, pred: Path, pet: Path | None, overlap:
     except Exception as e:
         raise EvaluationInputError(f"case {case}: evaluation failed: {e}") from e
     return case_rows(case, result)
+
+
+def _evaluate_indexed(case: str, *args) -> tuple[str, tuple[dict, list[dict]]]:
+    return case, _evaluate_files(case, *args)
+
+
+def _raise_for_case(task: tuple, exc: BaseException):
+    """A case failed in a worker process: re-raise as the named input error it was."""
+    if isinstance(exc, EvaluationInputError):
+        raise exc
+    cause = exc.__cause__
+    if isinstance(cause, EvaluationInputError):
+        raise cause
+    raise EvaluationInputError(f"case {task[0]}: evaluation failed: {exc}") from exc
 
 
 def _finite(values: Iterable) -> list[float]:
@@ -222,12 +248,8 @@ def summarize(case_rows_: Sequence[dict], overlap: str, with_pet: bool) -> dict:
     }
 
 
-def _fmt(v, digits: int = 4) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "n/a"
-    if isinstance(v, float):
-        return f"{v:.{digits}g}"
-    return str(v)
+def _fmt(v) -> str:
+    return fmt_number(v, 4, "g")
 
 
 def summary_markdown(summary: dict) -> str:
@@ -263,19 +285,6 @@ def summary_markdown(summary: dict) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- output
-def _write_atomic(path: Path, text: str) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _csv_text(rows: Sequence[dict], columns: Sequence[str]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -283,18 +292,6 @@ def _csv_text(rows: Sequence[dict], columns: Sequence[str]) -> str:
     for r in rows:
         w.writerow([int(r[c]) if isinstance(r[c], bool) else r[c] for c in columns])
     return buf.getvalue()
-
-
-def _json_safe(obj):
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(float(obj)) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 def evaluate_folders(
@@ -326,7 +323,6 @@ def evaluate_folders(
             case that fails to evaluate.
         ValueError: unknown ``overlap`` or ``num_processes`` < 1.
     """
-    from tqdm import tqdm
 
     overlap = str(overlap).strip().lower()
     parse_overlap_rule(overlap)
@@ -336,27 +332,16 @@ def evaluate_folders(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, tuple[dict, list[dict]]] = {}
-    n_proc = min(int(num_processes), len(cases))
-    bar = tqdm(total=len(cases), desc="evaluating", unit="case", disable=quiet)
-    try:
-        if n_proc == 1:
-            for c, r, p, pet in cases:
-                results[c] = _evaluate_files(c, r, p, pet, overlap)
-                bar.update()
-        else:
-            with ProcessPoolExecutor(max_workers=n_proc, mp_context=get_context("spawn")) as ex:
-                futures = {ex.submit(_evaluate_files, c, r, p, pet, overlap): c for c, r, p, pet in cases}
-                for f in as_completed(futures):
-                    results[futures[f]] = f.result()
-                    bar.update()
-    finally:
-        bar.close()
+    tasks = [(c, r, p, pet, overlap) for c, r, p, pet in cases]
+    for c, result in run_parallel(_evaluate_indexed, tasks, int(num_processes), desc="evaluating", quiet=quiet,
+                                  on_crash=_raise_for_case):
+        results[c] = result
     per_case = [results[c][0] for c, *_ in cases]
     per_lesion = [row for c, *_ in cases for row in results[c][1]]
-    summary = _json_safe(summarize(per_case, overlap, pet_dir is not None))
-    _write_atomic(out / PER_CASE_CSV, _csv_text(per_case, CASE_COLUMNS))
-    _write_atomic(out / PER_LESION_CSV, _csv_text(per_lesion, LESION_COLUMNS))
-    _write_atomic(out / SUMMARY_MD, summary_markdown(summary))
-    _write_atomic(out / SUMMARY_JSON, json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    summary = jsonable(summarize(per_case, overlap, pet_dir is not None), nan_as_null=True)
+    write_text_atomic(_csv_text(per_case, CASE_COLUMNS), out / PER_CASE_CSV)
+    write_text_atomic(_csv_text(per_lesion, LESION_COLUMNS), out / PER_LESION_CSV)
+    write_text_atomic(summary_markdown(summary), out / SUMMARY_MD)
+    write_json_atomic(summary, out / SUMMARY_JSON, nan_as_null=True)
     logger.info("evaluated %d cases into %s", len(cases), out)
     return summary

@@ -10,9 +10,10 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
+
+from nnunetv2_petct.io import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -71,15 +72,6 @@ def shrink_plans(
     logger.info("tiny plans %s: patch %s, stages %d, features %s", configuration, config["patch_size"], n,
                 arch["features_per_stage"])
     return plans
-
-
-def write_json_atomic(obj: dict, path: Path) -> None:
-    """Write JSON to ``path`` through a temporary file in the same folder (never half-written)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=4, sort_keys=False)
-    os.replace(tmp, path)
 
 
 def shrink_plans_file(plans_file: Path, configuration: str = "3d_fullres", output_file: Path | None = None,

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunetv2_petct.io import atomic_write
+
 logger = logging.getLogger(__name__)
 
 
@@ -106,11 +108,6 @@ def render_reconstruction_preview(original: np.ndarray, masked: np.ndarray, reco
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    try:
+    with atomic_write(path) as tmp:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path

@@ -34,6 +34,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from nnunetv2_petct.io import atomic_write
+
 logger = logging.getLogger(__name__)
 
 FORMAT = "nnunetv2_petct.transfer.foundation"
@@ -270,8 +272,8 @@ def validate_foundation_checkpoint(ckpt: Mapping[str, Any]) -> None:
 def save_foundation_checkpoint(ckpt: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Validate ``ckpt`` and write it to ``path`` atomically (temporary file in the same folder, then rename).
 
-    Raises FoundationCheckpointError for an invalid checkpoint and PermissionError / OSError naming the
-    folder when it cannot be written.
+    Raises FoundationCheckpointError for an invalid checkpoint, FileNotFoundError for a missing folder and
+    :class:`nnunetv2_petct.io.WriteError` naming the file when it cannot be written completely.
     """
     import torch
 
@@ -280,13 +282,8 @@ def save_foundation_checkpoint(ckpt: Mapping[str, Any], path: str | os.PathLike)
     folder = path.parent
     if not folder.is_dir():
         raise FileNotFoundError(f"cannot write foundation checkpoint: folder {folder} does not exist")
-    tmp = folder / f".{path.name}.tmp{os.getpid()}"
-    try:
+    with atomic_write(path) as tmp:
         torch.save(dict(ckpt), tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise type(e)(f"cannot write foundation checkpoint {path}: {e}") from e
     return path
 
 

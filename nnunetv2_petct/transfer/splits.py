@@ -30,7 +30,6 @@ case in ``imagesTr``.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 import random
@@ -38,6 +37,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from nnunetv2_petct.io import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -332,15 +333,8 @@ def lesion_positive_cases(records: Sequence[Mapping]) -> list[str]:
 
 
 def write_splits(splits: Sequence[Mapping[str, Sequence[str]]], path: Path) -> Path:
-    """Write ``splits_final.json`` atomically (temporary file + :func:`os.replace`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump([{"train": list(s["train"]), "val": list(s["val"])} for s in splits], f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-    return path
+    """Write ``splits_final.json`` atomically and verified (:func:`nnunetv2_petct.io.write_json_atomic`)."""
+    return write_json_atomic([{"train": list(s["train"]), "val": list(s["val"])} for s in splits], path)
 
 
 def default_splits_path(dataset_folder_name: str, preprocessed_dir: str | os.PathLike | None = None) -> Path:

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from nnunetv2_petct.io import atomic_write
+
 logger = logging.getLogger(__name__)
 
 #: Substrings of state-dict keys nnU-Net's loader never transfers (the output layers).
@@ -129,16 +131,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict:
 
 
 def save_checkpoint(checkpoint: dict, path: str | os.PathLike) -> Path:
-    """``torch.save`` through a temporary file in the same folder (never half-written). Returns the path."""
+    """``torch.save`` atomically and verified (:func:`nnunetv2_petct.io.atomic_write`). Returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_write(path) as tmp:
         torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
