@@ -11,8 +11,8 @@ it, see :mod:`nnunetv2_petct.transfer.splits`). The patient id is the TCIA one, 
 - ``autopet-nnunet``: the autoPET III/IV nnU-Net release ``imagesTr/<id>_0000.nii.gz`` (CTres, HU),
   ``<id>_0001.nii.gz`` (SUV), ``labelsTr/<id>.nii.gz``; ids ``fdg_*`` (default) and ``psma_*``
   (``include_psma``; recorded as tracer PSMA).
-- ``autopet-dicom``: the TCIA DICOM release with DICOM-SEG lesion masks, through
-  :mod:`nnunetv2_petct.conversion.dicom`.
+- ``autopet-dicom``: the TCIA DICOM release with DICOM-SEG lesion masks: the generic DICOM path
+  (:mod:`nnunetv2_petct.conversion.generic_dicom`) with these case ids and the DICOM-SEG label.
 """
 
 from __future__ import annotations
@@ -29,10 +29,11 @@ from nnunetv2_petct.conversion.core import (
     LayoutError,
     LoadedCase,
     describe_tree,
-    jsonable,
     read_image,
     sanitize_id,
+    unique_case_id,
 )
+from nnunetv2_petct.conversion.generic_dicom import discover_dicom_cases, load_dicom_case
 
 logger = logging.getLogger(__name__)
 
@@ -117,13 +118,7 @@ def discover_autopet(source: Path) -> Discovery:
         key = patient_key_from_folder(patient_folder)
         m = _DATE_RE.match(study.name)
         date = m.group(1) if m else None
-        case_id = autopet_case_id(key, date, study.name)
-        if case_id in used:  # two studies of one patient on one day: keep both, deterministically
-            i = 2
-            while f"{case_id}_{i}" in used:
-                i += 1
-            case_id = f"{case_id}_{i}"
-        used.add(case_id)
+        case_id = unique_case_id(autopet_case_id(key, date, study.name), used)  # two studies on one day
         patient_id = patient_folder if _PATIENT_RE.match(patient_folder) else f"PETCT_{key}"
         sources.append(CaseSource(
             case_id=case_id, patient_id=patient_id, cohort="autopet", source_path=str(study),
@@ -205,7 +200,8 @@ def _dicom_date_to_mdy(date: str | None) -> str | None:
 
 
 def load_autopet_dicom_study(study, allow_non_fdg: bool = False, missing_seg_as_empty: bool = False) -> LoadedCase:
-    """Load one TCIA AutoPET DICOM study (CT, PET in SUVbw, DICOM-SEG lesion mask).
+    """Load one TCIA AutoPET DICOM study: CT and PET as :func:`~.generic_dicom.load_dicom_case`, plus the
+    DICOM-SEG lesion mask.
 
     Raises:
         ConversionError: the study's problems (no/ambiguous CT or PT), SUV or tracer errors from
@@ -214,16 +210,10 @@ def load_autopet_dicom_study(study, allow_non_fdg: bool = False, missing_seg_as_
     """
     import SimpleITK as sitk
 
-    from nnunetv2_petct.conversion.dicom import load_dicom_seg, load_dicom_study
+    from nnunetv2_petct.conversion.dicom import load_dicom_seg
 
-    problems = list(study.problems)
-    seg_paths = list(study.seg_paths)
-    try:
-        ct, pet, meta = load_dicom_study(study, allow_non_fdg=allow_non_fdg)
-    except Exception as e:  # noqa: BLE001 - dicom.py raises its own errors with reasons
-        raise ConversionError(f"{type(e).__name__}: {e}" if not isinstance(e, ConversionError) else str(e)) from None
-    meta = dict(meta or {})
-    warnings = list(meta.pop("warnings", []))
+    case = load_dicom_case(study, allow_non_fdg)
+    pet, seg_paths, warnings = case.pet, list(study.seg_paths), list(case.meta["warnings"])
     if len(seg_paths) > 1:
         raise ConversionError(f"{len(seg_paths)} DICOM-SEG objects in the study; expected one")
     if seg_paths:
@@ -238,45 +228,31 @@ def load_autopet_dicom_study(study, allow_non_fdg: bool = False, missing_seg_as_
         label_source = None
         warnings.append("no DICOM-SEG in the study: empty label assumed (--missing-seg-empty)")
     else:
+        problems = list(study.problems)
         raise ConversionError("no DICOM-SEG in the study (use --missing-seg-empty to treat such studies as "
                               "lesion-free)" + (f"; {'; '.join(problems)}" if problems else ""))
-    return LoadedCase(ct=ct, pet=pet, label=label, meta={
-        "pet_units": "SUVbw", "ct_units": "HU", "tracer": meta.pop("tracer", "FDG"),
-        "label_source": label_source, "source_files": {"seg": str(seg_paths[0]) if seg_paths else None},
-        "assumptions": list(meta.pop("assumptions", [])), "warnings": warnings,
-        "dicom": jsonable(meta),
-    })
+    case.label = label
+    case.meta.update(label_source=label_source, warnings=warnings,
+                     source_files={"seg": str(seg_paths[0]) if seg_paths else None})
+    return case
+
+
+def _autopet_dicom_identity(study) -> tuple[str, str, dict]:
+    pid = study.patient_id or "unknown"
+    key = patient_key_from_folder(pid)
+    date = _dicom_date_to_mdy(study.study_date)
+    patient_id = pid if _PATIENT_RE.match(pid) else f"PETCT_{key}"
+    return autopet_case_id(key, date, str(study.study_uid)[-12:]), patient_id, {
+        "study_uid": str(study.study_uid), "dicom_patient_id": pid, "study_date": date, "patient_key": key}
 
 
 def discover_autopet_dicom(source: Path, allow_non_fdg: bool = False, missing_seg_empty: bool = False) -> Discovery:
-    """Studies of the TCIA AutoPET DICOM release (PET, CT and DICOM-SEG series per study).
+    """Studies of the TCIA AutoPET DICOM release (PET, CT and DICOM-SEG series per study), found as
+    :func:`~.generic_dicom.discover_dicom` finds them.
 
     Case ids ``fdg_<hash>_<MM-DD-YYYY>`` from PatientID ``PETCT_<hash>`` and StudyDate, as in the
     NIfTI releases. ``missing_seg_empty``: a study without DICOM-SEG gets an empty label instead of
     failing.
     """
-    from nnunetv2_petct.conversion.dicom import find_dicom_studies
-
-    root = Path(source)
-    studies = find_dicom_studies(root)
-    if not studies:
-        raise LayoutError(f"no DICOM PET/CT study under {root}. Found: {describe_tree(root)}")
-    sources, used = [], set()
-    for st in studies:
-        pid = st.patient_id or "unknown"
-        key = patient_key_from_folder(pid)
-        date = _dicom_date_to_mdy(st.study_date)
-        case_id = autopet_case_id(key, date, str(st.study_uid)[-12:])
-        if case_id in used:
-            i = 2
-            while f"{case_id}_{i}" in used:
-                i += 1
-            case_id = f"{case_id}_{i}"
-        used.add(case_id)
-        sources.append(CaseSource(
-            case_id=case_id, patient_id=pid if _PATIENT_RE.match(pid) else f"PETCT_{key}",
-            cohort="autopet-dicom", source_path=str(st.root or root),
-            load=partial(load_autopet_dicom_study, st, allow_non_fdg, missing_seg_empty),
-            info={"study_uid": str(st.study_uid), "dicom_patient_id": pid, "study_date": date, "patient_key": key},
-        ))
-    return Discovery(sources=sources, labeled=True, pet_units="SUVbw")
+    return discover_dicom_cases(source, "autopet-dicom", _autopet_dicom_identity, load_autopet_dicom_study,
+                                (allow_non_fdg, missing_seg_empty), labeled=True)

@@ -32,13 +32,30 @@ import shutil
 import sys
 import time
 import traceback
-import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from nnunetv2_petct.conversion.geometry import (
+    body_mask,
+    crop_to_mask_bbox,
+    geometry_record,
+    overlap_fraction,
+    overlap_fractions_xyz,
+    resample_to_reference,
+    same_geometry,
+)
+from nnunetv2_petct.io import (
+    IncompleteFileError,
+    atomic_write_many,
+    check_nifti_gz_complete,
+    run_parallel,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -232,60 +249,26 @@ def is_case_done(dataset_dir: Path, case_id: str) -> bool:
     return all(p.is_file() for p in case_paths(dataset_dir, case_id).values())
 
 
-def _partial_path(dataset_dir: Path, final: Path) -> Path:
+def _partial_dir(dataset_dir: Path) -> Path:
     # Temporary files live in <dataset>/.partial (same file system as the final place, so os.replace
     # is atomic) rather than next to the final file: nnU-Net lists every *.nii.gz in imagesTr, and a
     # leftover of a killed run must never look like a case.
-    tmp_dir = Path(dataset_dir) / PARTIAL_DIR
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    return tmp_dir / f"{os.getpid()}_{uuid.uuid4().hex[:8]}_{final.name}"
-
-
-def write_json_atomic(obj: Any, path: Path) -> None:
-    """Write JSON to ``path`` through a temporary file in the same folder and :func:`os.replace`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}_{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_text_atomic(text: str, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}_{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    return Path(dataset_dir) / PARTIAL_DIR
 
 
 def commit_images(dataset_dir: Path, images: Mapping[str, Any], final_paths: Mapping[str, Path]) -> None:
-    """Write SimpleITK images into ``.partial/`` and move all of them into place (:func:`os.replace`)."""
+    """Write SimpleITK images through ``.partial/``, each verified and then moved into place
+    (:func:`nnunetv2_petct.io.atomic_write`); all of them are written and verified before any is moved.
+
+    Raises:
+        WriteError: a file could not be written completely (disk full, permission); nothing was moved.
+    """
     import SimpleITK as sitk
 
-    staged: list[tuple[Path, Path]] = []
-    try:
-        for key, img in images.items():
-            final = Path(final_paths[key])
-            final.parent.mkdir(parents=True, exist_ok=True)
-            tmp = _partial_path(dataset_dir, final)
-            sitk.WriteImage(img, str(tmp), True)
-            staged.append((tmp, final))
-        for tmp, final in staged:
-            os.replace(tmp, final)
-    finally:
-        for tmp, _ in staged:
-            if tmp.exists():
-                tmp.unlink()
+    keys = list(images)
+    with atomic_write_many([final_paths[k] for k in keys], tmp_dir=_partial_dir(dataset_dir)) as tmps:
+        for key, tmp in zip(keys, tmps):
+            sitk.WriteImage(images[key], str(tmp), True)
 
 
 def clean_partial(dataset_dir: Path) -> int:
@@ -299,45 +282,6 @@ def clean_partial(dataset_dir: Path) -> int:
 
 
 # ------------------------------------------------------------------------------------ harmonization
-
-
-def _geometry(img) -> dict:
-    return {
-        "spacing_mm": [round(float(s), 6) for s in reversed(img.GetSpacing())],
-        "shape_zyx": [int(s) for s in reversed(img.GetSize())],
-        "origin_mm_xyz": [round(float(o), 4) for o in img.GetOrigin()],
-        "direction": [round(float(d), 6) for d in img.GetDirection()],
-    }
-
-
-def overlap_fractions_xyz(moving, reference) -> tuple[float, float, float]:
-    """Per-axis fraction of ``reference``'s field of view covered by ``moving``'s, along the reference
-    index axes (x, y, z), each in 0..1.
-
-    Both fields of view are boxes in physical space (voxel edges, i.e. index -0.5 .. size-0.5); the
-    corners of ``moving`` are mapped into ``reference``'s continuous index space and their axis-aligned
-    bounding box is intersected with the reference box. Exact for images sharing orientation, an
-    upper bound otherwise.
-    """
-    size_m = moving.GetSize()
-    size_r = np.asarray(reference.GetSize(), float)
-    corners = []
-    for cx in (-0.5, size_m[0] - 0.5):
-        for cy in (-0.5, size_m[1] - 0.5):
-            for cz in (-0.5, size_m[2] - 0.5):
-                p = moving.TransformContinuousIndexToPhysicalPoint((cx, cy, cz))
-                corners.append(reference.TransformPhysicalPointToContinuousIndex(p))
-    c = np.asarray(corners)
-    lo = np.maximum(c.min(axis=0), -0.5)
-    hi = np.minimum(c.max(axis=0), size_r - 0.5)
-    frac = np.clip(hi - lo, 0.0, None) / np.maximum(size_r, 1)
-    return tuple(float(f) for f in frac)
-
-
-def overlap_fraction(moving, reference) -> float:
-    """Fraction of ``reference``'s field-of-view volume covered by ``moving`` (product of the per-axis
-    fractions of :func:`overlap_fractions_xyz`)."""
-    return float(np.prod(overlap_fractions_xyz(moving, reference)))
 
 
 def _check_volume(img, what: str) -> None:
@@ -361,20 +305,13 @@ def harmonize(loaded: LoadedCase, options: ConversionOptions) -> tuple[dict, dic
     """
     import SimpleITK as sitk
 
-    from nnunetv2_petct.conversion.geometry import (
-        body_mask,
-        mask_bbox_zyx,
-        resample_to_reference,
-        same_geometry,
-    )
-
     pet, ct, label = loaded.pet, loaded.ct, loaded.label
     _check_volume(pet, "PET")
     _check_volume(ct, "CT")
     warnings = list(loaded.meta.get("warnings", []))
     facts: dict[str, Any] = {
-        "original_pet": _geometry(pet),
-        "original_ct": {k: v for k, v in _geometry(ct).items() if k in ("spacing_mm", "shape_zyx")},
+        "original_pet": geometry_record(pet),
+        "original_ct": {k: v for k, v in geometry_record(ct).items() if k in ("spacing_mm", "shape_zyx")},
     }
 
     if pet.GetPixelID() != sitk.sitkFloat32:
@@ -469,14 +406,13 @@ def harmonize(loaded: LoadedCase, options: ConversionOptions) -> tuple[dict, dic
     if options.crop_to_body:
         if mask is None:
             mask = body_mask(ct_arr, options.body_threshold_hu)
-        box = mask_bbox_zyx(mask, options.body_margin_vox)
+        cropped, box = crop_to_mask_bbox(list(images.values()), mask, options.body_margin_vox)
         if box is None:
             raise ConversionError("empty body mask: cannot crop to the body")
-        sz, sy, sx = box
-        images = {k: v[sx.start:sx.stop, sy.start:sy.stop, sz.start:sz.stop] for k, v in images.items()}
+        images = dict(zip(images, cropped))
         facts["cropped"] = True
         facts["crop_box_zyx"] = [[s.start, s.stop] for s in box]
-        lab_arr = lab_arr[sz, sy, sx]
+        lab_arr = lab_arr[box]
     n_fg = int(np.count_nonzero(lab_arr))
     voxel_ml = float(np.prod(images["pet"].GetSpacing())) / 1000.0
     label_info.update({"foreground_voxels": n_fg, "foreground_ml": round(n_fg * voxel_ml, 3)})
@@ -484,7 +420,7 @@ def harmonize(loaded: LoadedCase, options: ConversionOptions) -> tuple[dict, dic
     facts["pet_max"] = round(pet_max, 4)
     facts["ct_range_hu"] = [ct_min, ct_max]
     facts["warnings"] = warnings
-    facts.update(_geometry(images["pet"]))
+    facts.update(geometry_record(images["pet"]))
     return images, facts
 
 
@@ -551,42 +487,6 @@ def _make_record(source: CaseSource, meta: Mapping, facts: dict, options: Conver
 
 
 # ------------------------------------------------------------------------------------ parallel map
-
-
-def run_parallel(func: Callable, tasks: Sequence[tuple], num_processes: int = 1, desc: str = "",
-                 quiet: bool = False, on_crash: Callable[[tuple, BaseException], Any] | None = None) -> Iterator:
-    """Yield ``func(*task)`` for each task, in completion order, with a tqdm progress bar on stderr.
-
-    ``num_processes > 1`` uses a ``spawn`` process pool (``func`` and the tasks must be picklable).
-    When a worker dies (out of memory, segfault) or a task cannot be pickled, ``on_crash(task, exc)``
-    provides the result instead (re-raised when ``on_crash`` is None).
-    """
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(tasks), desc=desc, disable=quiet, file=sys.stderr, unit="case", dynamic_ncols=True)
-    try:
-        if num_processes <= 1 or len(tasks) <= 1:
-            for task in tasks:
-                yield func(*task)
-                bar.update(1)
-            return
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        ctx = mp.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(num_processes, len(tasks)), mp_context=ctx) as pool:
-            futures = {pool.submit(func, *task): task for task in tasks}
-            for fut in as_completed(futures):
-                try:
-                    result = fut.result()
-                except Exception as e:  # noqa: BLE001 - a broken worker must not lose the other results
-                    if on_crash is None:
-                        raise
-                    result = on_crash(futures[fut], e)
-                yield result
-                bar.update(1)
-    finally:
-        bar.close()
 
 
 # ------------------------------------------------------------------------------------ dataset level
@@ -745,19 +645,6 @@ def convert_cases(sources: Sequence[CaseSource], dataset_dir: Path, options: Con
 # ------------------------------------------------------------------------------------ small helpers
 
 
-def jsonable(obj: Any) -> Any:
-    """``obj`` with every value JSON-serializable (unknown types become their ``str``)."""
-    if isinstance(obj, Mapping):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return str(obj)
-
-
 def sanitize_id(text: str) -> str:
     """A case-id-safe version of ``text``: runs of characters other than ``[A-Za-z0-9.-]`` become ``_``."""
     import re
@@ -766,20 +653,14 @@ def sanitize_id(text: str) -> str:
     return out or "case"
 
 
-def read_id_list(path: Path) -> list[str]:
-    """Identifiers from a text file: one per line, blank lines and ``#`` comments ignored.
-
-    Raises:
-        BadInputError: the file does not exist.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise BadInputError(f"exclusion list {path} not found")
-    out = []
-    for line in path.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            out.append(line)
+def unique_case_id(case_id: str, used: set[str]) -> str:
+    """``case_id``, or ``case_id_2``, ``case_id_3``, ... when taken (two studies that map onto one id are
+    both kept, deterministically in discovery order); the result is added to ``used``."""
+    out, i = case_id, 2
+    while out in used:
+        out = f"{case_id}_{i}"
+        i += 1
+    used.add(out)
     return out
 
 
@@ -813,68 +694,19 @@ def describe_tree(root: Path, max_files: int = 12, max_scan: int = 20000) -> str
     return f"{root} holds {n_dirs} folder(s) and files: {exts}{more}; e.g. " + ", ".join(examples)
 
 
-def check_nifti_gz_complete(path: Path) -> None:
-    """Raise :class:`ConversionError` if a ``.nii.gz`` file is truncated or its gzip stream is corrupt.
-
-    Needed because ITK's NIfTI reader accepts a truncated ``.nii.gz`` without error (the missing voxels
-    come back as garbage or zeros), a common result of an interrupted download. Cheap check first:
-    the gzip trailer (last 4 bytes, uncompressed size mod 2**32) must equal the size the NIfTI header
-    implies (``vox_offset`` + voxels x bytes per voxel); only when it does not (e.g. a multi-member
-    gzip) is the whole stream decompressed to be sure. Files that are not NIfTI-1/2 are left alone.
-    """
-    import gzip
-    import struct
-    import zlib
-
-    path = Path(path)
-    try:
-        with gzip.open(path, "rb") as f:
-            head = f.read(544)
-        with open(path, "rb") as f:
-            f.seek(-4, os.SEEK_END)
-            isize = struct.unpack("<I", f.read(4))[0]
-    except (OSError, EOFError, zlib.error) as e:
-        raise ConversionError(f"cannot read {path}: corrupt gzip ({e})") from None
-    expected = None
-    for endian in "<>":
-        if len(head) >= 348 and struct.unpack(endian + "i", head[:4])[0] == 348:  # NIfTI-1
-            dims = struct.unpack(endian + "8h", head[40:56])
-            bitpix = struct.unpack(endian + "h", head[72:74])[0]
-            vox_offset = struct.unpack(endian + "f", head[108:112])[0]
-        elif len(head) >= 540 and struct.unpack(endian + "i", head[:4])[0] == 540:  # NIfTI-2
-            dims = struct.unpack(endian + "8q", head[16:80])
-            bitpix = struct.unpack(endian + "h", head[14:16])[0]
-            vox_offset = struct.unpack(endian + "q", head[168:176])[0]
-        else:
-            continue
-        n = 1
-        for d in dims[1:1 + max(0, min(int(dims[0]), 7))]:
-            n *= max(int(d), 1)
-        expected = int(vox_offset) + n * max(int(bitpix), 8) // 8
-        break
-    if expected is None or isize == expected % 2**32:
-        return
-    total = 0
-    try:
-        with gzip.open(path, "rb") as f:
-            while chunk := f.read(1 << 24):
-                total += len(chunk)
-    except (OSError, EOFError, zlib.error) as e:
-        raise ConversionError(f"cannot read {path}: truncated or corrupt gzip ({e})") from None
-    if total < expected:
-        raise ConversionError(f"cannot read {path}: truncated ({total} of {expected} bytes)")
-
-
 def read_image(path: Path):
     """``sitk.ReadImage`` with a :class:`ConversionError` naming the file on failure.
 
-    ``.nii.gz`` files are first checked for truncation (:func:`check_nifti_gz_complete`). Note that
+    ``.nii.gz`` files are first checked for truncation (:func:`nnunetv2_petct.io.check_nifti_gz_complete`). Note that
     ITK's NIfTI reader turns NaN voxels into 0, so NaNs in NIfTI files cannot be detected here.
     """
     import SimpleITK as sitk
 
     if str(path).lower().endswith(".nii.gz"):
-        check_nifti_gz_complete(Path(path))
+        try:
+            check_nifti_gz_complete(Path(path))
+        except IncompleteFileError as e:
+            raise ConversionError(str(e)) from None
     try:
         return sitk.ReadImage(str(path))
     except Exception as e:  # noqa: BLE001 - SimpleITK raises RuntimeError with a long ITK message

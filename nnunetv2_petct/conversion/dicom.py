@@ -572,11 +572,11 @@ def load_pet_series(series: DicomSeries) -> tuple[Any, dict]:
     try:
         comp = compute_suv_bw(headers)
         arrays = [_pixels(ds, p) for ds, p in zip(headers, paths)]
-        suv = suv_volume_from_slices(headers, arrays)
+        suv = suv_volume_from_slices(headers, arrays, comp.factors)
     except SUVError as exc:
         raise DicomStudyError(f"{series.label()}, first file {paths[0]}: SUV: {exc}") from None
     facts = {"n_slices": len(headers), "manufacturer": _str(headers[0], "Manufacturer"),
-             "units": comp.units, "suv_factor": comp.factor, "suv": comp.to_dict(),
+             "units": comp.units, "suv": comp.to_dict(),
              "tracer_info": tracer_info(headers[0])}
     return _image(suv, geom), facts
 
@@ -592,9 +592,9 @@ def load_dicom_study(study: DicomStudy, allow_non_fdg: bool = False, assume_fdg_
 
     Returns:
         ``(ct, pet, meta)``: CT in HU on its own grid (int16 or float32), PET in SUVbw (float32), and
-        a JSON-serializable dict: ``vendor``, ``units``, ``tracer``, ``tracer_info``, ``suv_factor``,
-        ``suv`` (times used and their sources), series UIDs, slice counts, spacings (z, y, x),
-        ``frame_of_reference_match``, ``assumptions`` and ``warnings``.
+        a JSON-serializable dict: ``vendor``, ``units``, ``tracer``, ``tracer_info``, ``suv`` (the
+        factor, the times used and their sources: ``SUVComputation.to_dict``), series UIDs, slice
+        counts, spacings (z, y, x), ``frame_of_reference_match``, ``assumptions`` and ``warnings``.
 
     Raises:
         DicomStudyError: the study has problems (no/ambiguous CT or PT, irregular slices), unreadable
@@ -652,7 +652,7 @@ def load_dicom_study(study: DicomStudy, allow_non_fdg: bool = False, assume_fdg_
         "ct_series_uid": study.ct.series_uid, "pt_series_uid": study.pt.series_uid,
         "vendor": pet_facts["manufacturer"], "ct_manufacturer": ct_facts["manufacturer"],
         "units": pet_facts["units"], "tracer": tracer, "tracer_info": tinfo,
-        "suv_factor": pet_facts["suv_factor"], "suv": pet_facts["suv"],
+        "suv": pet_facts["suv"],
         "n_ct_slices": ct_facts["n_slices"], "n_pt_slices": pet_facts["n_slices"],
         "ct_spacing_mm": [float(s) for s in reversed(ct.GetSpacing())],
         "pet_spacing_mm": [float(s) for s in reversed(pet.GetSpacing())],

@@ -1,4 +1,5 @@
-"""Shared SimpleITK / numpy imaging utilities (pure library: no nnunetv2 import).
+"""Image geometry for the converters: grids, resampling, fields of view, body mask and crop
+(pure library: no nnunetv2 import).
 
 Axis conventions
 ----------------
@@ -10,14 +11,12 @@ Axis conventions
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
+import cc3d
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
-
-logger = logging.getLogger(__name__)
 
 _INTERPOLATORS = {
     "linear": sitk.sitkLinear,
@@ -97,9 +96,45 @@ def spacing_mm_zyx(image: sitk.Image) -> tuple[float, ...]:
     return tuple(float(s) for s in reversed(image.GetSpacing()))
 
 
-def image_to_array_zyx(image: sitk.Image) -> np.ndarray:
-    """Copy of the voxel array in (z, y, x) order."""
-    return sitk.GetArrayFromImage(image)
+def geometry_record(image: sitk.Image) -> dict:
+    """The grid of ``image`` as manifest entries: ``spacing_mm`` and ``shape_zyx`` in (z, y, x),
+    ``origin_mm_xyz`` and the flattened ``direction`` in SimpleITK's (x, y, z) convention (rounded)."""
+    return {
+        "spacing_mm": [round(float(s), 6) for s in reversed(image.GetSpacing())],
+        "shape_zyx": [int(s) for s in reversed(image.GetSize())],
+        "origin_mm_xyz": [round(float(o), 4) for o in image.GetOrigin()],
+        "direction": [round(float(d), 6) for d in image.GetDirection()],
+    }
+
+
+def overlap_fractions_xyz(moving: sitk.Image, reference: sitk.Image) -> tuple[float, float, float]:
+    """Per-axis fraction of ``reference``'s field of view covered by ``moving``'s, along the reference
+    index axes (x, y, z), each in 0..1.
+
+    Both fields of view are boxes in physical space (voxel edges, i.e. index -0.5 .. size-0.5); the
+    corners of ``moving`` are mapped into ``reference``'s continuous index space and their axis-aligned
+    bounding box is intersected with the reference box. Exact for images sharing orientation, an
+    upper bound otherwise.
+    """
+    size_m = moving.GetSize()
+    size_r = np.asarray(reference.GetSize(), float)
+    corners = []
+    for cx in (-0.5, size_m[0] - 0.5):
+        for cy in (-0.5, size_m[1] - 0.5):
+            for cz in (-0.5, size_m[2] - 0.5):
+                p = moving.TransformContinuousIndexToPhysicalPoint((cx, cy, cz))
+                corners.append(reference.TransformPhysicalPointToContinuousIndex(p))
+    c = np.asarray(corners)
+    lo = np.maximum(c.min(axis=0), -0.5)
+    hi = np.minimum(c.max(axis=0), size_r - 0.5)
+    frac = np.clip(hi - lo, 0.0, None) / np.maximum(size_r, 1)
+    return tuple(float(f) for f in frac)
+
+
+def overlap_fraction(moving: sitk.Image, reference: sitk.Image) -> float:
+    """Fraction of ``reference``'s field-of-view volume covered by ``moving`` (product of the per-axis
+    fractions of :func:`overlap_fractions_xyz`)."""
+    return float(np.prod(overlap_fractions_xyz(moving, reference)))
 
 
 def array_zyx_to_image(
@@ -144,17 +179,7 @@ def body_mask(ct_hu: np.ndarray, threshold_hu: float = -500) -> np.ndarray:
     squeeze = ct.ndim == 2
     if squeeze:
         ct = ct[None]
-    fg = ct > threshold_hu
-    if not fg.any():
-        out = np.zeros(ct.shape, dtype=bool)
-        return out[0] if squeeze else out
-    lab, n = ndimage.label(fg, structure=np.ones((3, 3, 3), dtype=bool))
-    if n > 1:
-        counts = np.bincount(lab.ravel())
-        counts[0] = 0
-        mask = lab == int(np.argmax(counts))
-    else:
-        mask = lab > 0
+    mask = cc3d.largest_k(ct > threshold_hu, k=1, connectivity=26, binary_image=True) > 0
     for z in range(mask.shape[0]):
         if mask[z].any():
             mask[z] = ndimage.binary_fill_holes(mask[z])
@@ -178,8 +203,8 @@ def mask_bbox_zyx(mask: np.ndarray, margin_vox: int = 0) -> tuple[slice, ...] | 
 
 
 def crop_to_mask_bbox(
-    images: list[sitk.Image], mask: np.ndarray, margin_vox: int = 3
-) -> list[sitk.Image]:
+    images: Sequence[sitk.Image], mask: np.ndarray, margin_vox: int = 3
+) -> tuple[list[sitk.Image], tuple[slice, ...] | None]:
     """Crop images that share one grid to the bounding box of ``mask`` plus ``margin_vox`` voxels.
 
     Cropping uses SimpleITK slicing, so each output's origin is moved to the physical position of
@@ -192,8 +217,8 @@ def crop_to_mask_bbox(
         margin_vox: margin added on each side of the box, clipped to the image.
 
     Returns:
-        The cropped images, in input order. An empty mask returns the input images unchanged (a
-        warning is logged).
+        ``(cropped, box)``: the cropped images in input order and the box as (z, y, x) slices
+        (:func:`mask_bbox_zyx`). An empty mask gives ``(list(images), None)``: nothing cropped.
 
     Raises:
         ValueError: an image's size does not match the mask's shape.
@@ -207,7 +232,6 @@ def crop_to_mask_bbox(
             )
     box = mask_bbox_zyx(m, margin_vox)
     if box is None:
-        logger.warning("crop_to_mask_bbox: empty mask, returning %d image(s) uncropped", len(images))
-        return list(images)
+        return list(images), None
     sz, sy, sx = box
-    return [img[sx.start:sx.stop, sy.start:sy.stop, sz.start:sz.stop] for img in images]
+    return [img[sx.start:sx.stop, sy.start:sy.stop, sz.start:sz.stop] for img in images], box

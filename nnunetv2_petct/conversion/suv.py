@@ -1,6 +1,7 @@
 """Body-weight SUV from DICOM PET headers, following the QIBA vendor-neutral pseudo-code.
 
-Pure library module (numpy + the standard library; pydicom only if the caller passes Datasets).
+Pure library module (numpy, pydicom and the standard library; DICOM DA/TM/DT values are parsed by
+pydicom's ``valuerep``).
 
 What the factor means
 ---------------------
@@ -64,6 +65,9 @@ from datetime import date, datetime, time, timedelta
 from typing import Any
 
 import numpy as np
+from pydicom import config as pydicom_config
+from pydicom.dataset import Dataset
+from pydicom.valuerep import DA, DT, TM, validate_value
 
 logger = logging.getLogger(__name__)
 
@@ -105,14 +109,6 @@ def decay_factor(elapsed_s: float, half_life_s: float) -> float:
     return float(2.0 ** (-float(elapsed_s) / float(half_life_s)))
 
 
-def body_weight_suv_factor(weight_kg: float, injected_dose_bq: float, elapsed_s: float,
-                           half_life_s: float) -> float:
-    """``weight_g / (dose_Bq * decay)``: turns Bq/ml into SUVbw (g/ml). ``elapsed_s`` is the time from
-    injection to the scan reference time (0 for DecayCorrection ADMIN)."""
-    decayed_dose_bq = float(injected_dose_bq) * decay_factor(elapsed_s, half_life_s)
-    return float(weight_kg) * 1000.0 / decayed_dose_bq
-
-
 def _clean_str(value: Any) -> str:
     if value is None:
         return ""
@@ -121,41 +117,38 @@ def _clean_str(value: Any) -> str:
     return str(value).replace("\x00", "").strip()
 
 
+def _parse_with(vr_class: type, value: Any, text: str) -> Any:
+    """``vr_class(text)`` (pydicom's DA/TM/DT parser); an empty value is a ValueError, not None."""
+    parsed = vr_class(text) if text else None
+    if parsed is None:
+        raise ValueError(f"not a DICOM {vr_class.__name__} value: {value!r}")
+    return parsed
+
+
 def parse_dicom_date(value: Any) -> date:
-    """Parse a DICOM DA value ``YYYYMMDD`` (also the old ``YYYY.MM.DD`` form).
+    """A DICOM DA value ``YYYYMMDD`` (also the old ``YYYY.MM.DD`` form), parsed by pydicom's ``DA``.
 
     Raises:
         ValueError: empty or malformed value.
     """
-    s = _clean_str(value).replace(".", "").replace("-", "")
-    if len(s) != 8 or not s.isdigit():
-        raise ValueError(f"not a DICOM date (DA): {value!r}")
-    return date(int(s[:4]), int(s[4:6]), int(s[6:8]))
+    d = _parse_with(DA, value, _clean_str(value))
+    return date(d.year, d.month, d.day)
 
 
 def parse_dicom_time(value: Any) -> time:
-    """Parse a DICOM TM value ``HH[MM[SS[.F{1,6}]]]`` (also the old ``HH:MM:SS.frac`` form).
-
-    Missing minutes/seconds are 0; the fraction is truncated to microseconds.
+    """A DICOM TM value ``HH[MM[SS[.F{1,6}]]]`` (also the old ``HH:MM:SS.frac`` form), parsed by
+    pydicom's ``TM``: missing minutes/seconds are 0, a leap second 60 becomes 59.
 
     Raises:
         ValueError: empty or malformed value.
     """
-    s = _clean_str(value).replace(":", "")
-    main, _, frac = s.partition(".")
-    if not main.isdigit() or len(main) not in (2, 4, 6) or (frac and not frac.isdigit()):
-        raise ValueError(f"not a DICOM time (TM): {value!r}")
-    hh = int(main[0:2])
-    mm = int(main[2:4]) if len(main) >= 4 else 0
-    ss = int(main[4:6]) if len(main) >= 6 else 0
-    if ss == 60:  # leap second: DICOM allows it, datetime does not
-        ss = 59
-    micro = int((frac + "000000")[:6]) if frac else 0
-    return time(hh, mm, ss, micro)
+    t = _parse_with(TM, value, _clean_str(value).replace(":", ""))
+    return time(t.hour, t.minute, t.second, t.microsecond)
 
 
 def parse_dicom_datetime(value: Any) -> datetime:
-    """Parse a DICOM DT value ``YYYY[MM[DD[HH[MM[SS[.F{1,6}]]]]]][&ZZXX]`` into a naive datetime.
+    """A DICOM DT value ``YYYY[MM[DD[HH[MM[SS[.F{1,6}]]]]]][&ZZXX]`` as a naive datetime, parsed by
+    pydicom's ``DT`` after pydicom's DT format check (``DT`` alone accepts e.g. ``2020121``).
 
     A UTC offset suffix (``+0100``/``-0500``) is dropped: the result is the local time as written
     (DICOM TM values have no offset, and times are only ever compared with each other).
@@ -163,22 +156,10 @@ def parse_dicom_datetime(value: Any) -> datetime:
     Raises:
         ValueError: empty or malformed value.
     """
-    s = _clean_str(value)
-    for i in range(4, len(s)):
-        if s[i] in "+-":
-            s = s[:i]
-            break
-    main, _, frac = s.partition(".")
-    if not main.isdigit() or len(main) not in (4, 6, 8, 10, 12, 14) or (frac and not frac.isdigit()):
-        raise ValueError(f"not a DICOM date-time (DT): {value!r}")
-    year = int(main[0:4])
-    month = int(main[4:6]) if len(main) >= 6 else 1
-    day = int(main[6:8]) if len(main) >= 8 else 1
-    hh = int(main[8:10]) if len(main) >= 10 else 0
-    mm = int(main[10:12]) if len(main) >= 12 else 0
-    ss = min(int(main[12:14]), 59) if len(main) >= 14 else 0
-    micro = int((frac + "000000")[:6]) if frac else 0
-    return datetime(year, month, day, hh, mm, ss, micro)
+    text = _clean_str(value)
+    validate_value("DT", text, pydicom_config.RAISE)
+    dt = _parse_with(DT, value, text)
+    return datetime.combine(dt.date(), dt.time())
 
 
 def combine_date_time(date_value: Any, time_value: Any) -> datetime:
@@ -189,14 +170,6 @@ def combine_date_time(date_value: Any, time_value: Any) -> datetime:
 # --------------------------------------------------------------------------------------------
 # header access (pydicom Dataset or keyword mapping)
 # --------------------------------------------------------------------------------------------
-
-
-def _is_dataset(header: Any) -> bool:
-    try:
-        from pydicom.dataset import Dataset
-    except ImportError:  # pragma: no cover - pydicom is a dependency
-        return False
-    return isinstance(header, Dataset)
 
 
 def _seq_first_item(header: Any, keyword: str) -> Any:
@@ -238,7 +211,7 @@ def get_value(header: Any, keyword: str) -> Any:
 
 def _private_value(header: Any, tag: int, group_key: str | None, key: str) -> Any:
     """Private value by tag number (Dataset) or by the nested names used in the JSON headers."""
-    if _is_dataset(header):
+    if isinstance(header, Dataset):
         if tag in header:
             v = header[tag].value
             return None if _empty(v) else v
@@ -600,14 +573,16 @@ def rescale_slope_intercept(header: Any) -> tuple[float, float]:
     return slope, intercept
 
 
-def suv_volume_from_slices(series: Sequence[Any], pixel_arrays: Sequence[np.ndarray] | None = None
-                           ) -> np.ndarray:
+def suv_volume_from_slices(series: Sequence[Any], pixel_arrays: Sequence[np.ndarray] | None = None,
+                           factors: Sequence[float] | None = None) -> np.ndarray:
     """SUVbw stack from per-slice stored pixels: ``(stored * slope_i + intercept_i) * factor_i``.
 
     Args:
         series: the instance headers, in the order wanted along z.
         pixel_arrays: stored pixel arrays (rows, cols), same order; None reads ``h.pixel_array``
             (pydicom Datasets with pixel data).
+        factors: ``compute_suv_bw(series).factors`` when the caller already has them (computed
+            here when None).
 
     Returns:
         float32 array (n_slices, rows, cols).
@@ -620,7 +595,9 @@ def suv_volume_from_slices(series: Sequence[Any], pixel_arrays: Sequence[np.ndar
         pixel_arrays = [h.pixel_array for h in series]
     if len(pixel_arrays) != len(series):
         raise ValueError(f"{len(series)} headers but {len(pixel_arrays)} pixel arrays")
-    factors = compute_suv_bw(series).factors
+    factors = compute_suv_bw(series).factors if factors is None else factors
+    if len(factors) != len(series):
+        raise ValueError(f"{len(series)} headers but {len(factors)} SUV factors")
     out = None
     for k, (h, px, f) in enumerate(zip(series, pixel_arrays, factors)):
         slope, intercept = rescale_slope_intercept(h)

@@ -43,7 +43,6 @@ import csv
 import io
 import json
 import logging
-import math
 import os
 import shlex
 import shutil
@@ -52,6 +51,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from nnunetv2_petct.io import fmt_number
 
 logger = logging.getLogger(__name__)
 
@@ -206,34 +207,6 @@ def lesion_positive(cases: Sequence[str], dataset_dirs: Sequence[Path], labels_d
     return sorted(out)
 
 
-def read_case_list(path: str | os.PathLike) -> list[str]:
-    """Case ids from a text file (one per line, ``#`` comments), a JSON list, or a CSV with a ``case_id``
-    column. ``.nii.gz`` and ``_0000`` suffixes are removed."""
-    p = Path(path)
-    if not p.is_file():
-        raise LabelEfficiencyError(f"case list not found: {p}")
-    text = p.read_text()
-    if p.suffix == ".json":
-        items = json.loads(text)
-    elif p.suffix == ".csv":
-        rows = list(csv.DictReader(io.StringIO(text)))
-        if not rows or "case_id" not in rows[0]:
-            raise LabelEfficiencyError(f"{p}: a CSV case list needs a 'case_id' column")
-        items = [r["case_id"] for r in rows]
-    else:
-        items = [line.split("#", 1)[0].strip() for line in text.splitlines()]
-    out = []
-    for it in items:
-        it = str(it).strip().removesuffix(".nii.gz")
-        if it.endswith("_0000") or it.endswith("_0001"):
-            it = it[:-5]
-        if it:
-            out.append(it)
-    if not out:
-        raise LabelEfficiencyError(f"{p}: no case ids")
-    return sorted(set(out))
-
-
 # ------------------------------------------------------------------------------------------- design
 def design_subsets(case_to_patient: Mapping[str, str], test: Sequence[str], fractions: Sequence[float],
                    shots: Sequence[int] = (), val_fraction: float = 0.1, seed: int = 12345,
@@ -323,7 +296,11 @@ def _script(name: str) -> str:
 
 
 def _fold_dir(dataset_name: str, trainer: str, plans: str, configuration: str, fold: int) -> Path:
-    return _env_dir("nnUNet_results") / dataset_name / f"{trainer}__{plans}__{configuration}" / f"fold_{fold}"
+    """nnU-Net's ``get_output_folder`` (it reads ``nnUNet_results`` when called)."""
+    from nnunetv2.utilities.file_path_utilities import get_output_folder
+
+    _env_dir("nnUNet_results")  # our error message when it is not set
+    return Path(get_output_folder(dataset_name, trainer, plans, configuration, fold))
 
 
 def _run_logged(cmd: list[str], log_file: Path, what: str) -> None:
@@ -579,14 +556,6 @@ def _evaluate(r: Run, test_labels: Path, test_images: Path, dataset_json: dict) 
 
 
 # -------------------------------------------------------------------------------------------- table
-def _fmt(v, digits: int = 3) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "n/a"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
-
-
 def table_markdown(rows: Sequence[Mapping], design: Design | None = None) -> str:
     """Markdown: one line per subset, one column per method with ``Dice / FPV / FNV`` (ml)."""
     methods = list(dict.fromkeys(r["method"] for r in rows))
@@ -607,7 +576,7 @@ def table_markdown(rows: Sequence[Mapping], design: Design | None = None) -> str
         cells = []
         for m in methods:
             r = by.get((s, m))
-            cells.append("-" if r is None else f"{_fmt(r['dice'])} / {_fmt(r['fpv_ml'], 2)} / {_fmt(r['fnv_ml'], 2)}")
+            cells.append("-" if r is None else f"{fmt_number(r['dice'])} / {fmt_number(r['fpv_ml'], 2)} / {fmt_number(r['fnv_ml'], 2)}")
         lines.append(f"| {s} | {first['fraction']:.3g} ({first['fraction_actual']:.3g}) | {first['n_train_cases']} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

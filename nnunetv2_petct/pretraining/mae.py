@@ -33,7 +33,6 @@ logger = logging.getLogger(__name__)
 #: The paper's block size in voxels (z, y, x) and its block grid over a 96x128x128 patch.
 PAPER_BLOCK_SIZE: tuple[int, int, int] = (12, 16, 16)
 PAPER_BLOCK_GRID: tuple[int, int, int] = (8, 8, 8)
-PAPER_PATCH_SIZE: tuple[int, int, int] = (96, 128, 128)
 
 
 @dataclass(frozen=True)
@@ -245,20 +244,6 @@ def masked_reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, mask: t
     masked = (sq * m).sum() / n_masked.clamp(min=1.0)
     visible = (sq * (1.0 - m)).sum() / n_visible.clamp(min=1.0)
     return masked + float(visible_weight) * visible
-
-
-class MaskedReconstructionLoss(nn.Module):
-    """:func:`masked_reconstruction_loss` as a module (``loss(pred, target, mask)``)."""
-
-    def __init__(self, visible_weight: float = 0.2):
-        super().__init__()
-        self.visible_weight = float(visible_weight)
-
-    def forward(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return masked_reconstruction_loss(pred, target, mask, self.visible_weight)
-
-    def extra_repr(self) -> str:
-        return f"visible_weight={self.visible_weight}"
 
 
 class CosineWarmupLR(torch.optim.lr_scheduler.LRScheduler):

@@ -67,6 +67,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+from nnunetv2.utilities.file_path_utilities import convert_identifier_to_trainer_plans_config
 from torch.optim.lr_scheduler import _LRScheduler
 
 from nnunetv2_petct.conversion.channels import channel_kind
@@ -461,7 +462,7 @@ def load_check_target(path: str | os.PathLike, plans_identifier: str = "nnUNetPl
         plans_file, ds_file = p, p.parent / "dataset.json"
     elif (p / "plans.json").is_file():
         plans_file, ds_file = p / "plans.json", p / "dataset.json"
-        parts = p.name.split("__")
+        parts = convert_identifier_to_trainer_plans_config(p.name)
         if configuration is None and len(parts) == 3:
             configuration = parts[2]
     elif (p / f"{plans_identifier}.json").is_file():

@@ -52,7 +52,7 @@ Not supported: cascade configurations; ``nnUNetv2_predict`` with an MAE trainer 
 from __future__ import annotations
 
 import json
-import os
+import shutil
 from datetime import datetime, timezone
 from time import time
 
@@ -71,11 +71,11 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import distributed as dist
 from torch._dynamo import OptimizedModule
 
+from nnunetv2_petct.io import atomic_write
 from nnunetv2_petct.nnunet.trainers.base import PETCTChannelCheckMixin, TinyScheduleMixin
 from nnunetv2_petct.pretraining.mae import (
     CosineWarmupLR,
     MAEConfig,
-    MaskedReconstructionLoss,
     center_patch,
     mae_eval_step,
     mae_train_step,
@@ -173,7 +173,9 @@ class nnUNetTrainerPETCTMAE(PETCTChannelCheckMixin, nnUNetTrainer):
         return [self.dataset_json["channel_names"][str(c)] for c in self.mae_config.input_channels]
 
     def _build_loss(self):
-        return MaskedReconstructionLoss(self.mae_config.visible_weight)
+        """None: nnU-Net's segmentation loss has no use here (``self.loss`` is read only by the ``train_step``
+        and ``validation_step`` this trainer replaces, which compute ``masked_reconstruction_loss``)."""
+        return None
 
     def configure_optimizers(self):
         cfg = self.mae_config
@@ -453,11 +455,8 @@ class nnUNetTrainerPETCTMAE(PETCTChannelCheckMixin, nnUNetTrainer):
         try:
             render_reconstruction_preview(target, masked, pred, path, self.network_channel_names(), spacing,
                                           title=f"{self.__class__.__name__} {tag}")
-            latest = join(self.output_folder, "preview_latest.png")
-            tmp = latest + ".tmp"
-            with open(path, "rb") as src, open(tmp, "wb") as dst:
-                dst.write(src.read())
-            os.replace(tmp, latest)
+            with atomic_write(join(self.output_folder, "preview_latest.png")) as tmp:
+                shutil.copyfile(path, tmp)
         except Exception as e:  # a preview must never stop a long pretraining run
             self.print_to_log_file(f"WARNING: could not write preview {path}: {e!r}")
             return None
