@@ -27,7 +27,8 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
-# Unit tests only (skips the end-to-end runs through the nnU-Net CLIs).
+# Without the `slow` tests (end-to-end runs through the nnU-Net CLIs, tests that need the preprocessed
+# tiny dataset); under 2 minutes on 2 cores.
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
 

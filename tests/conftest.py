@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -10,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from nnunetv2_petct.nnunet.env import nnunet_env
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-TESTDATA = SHARED / "testdata"
 BIN = Path(sys.executable).parent
 
 
@@ -22,26 +21,6 @@ def cli(name: str) -> str:
     if not path.exists():
         pytest.fail(f"console script {name} is not installed next to {sys.executable}; run `make setup`")
     return str(path)
-
-
-def nnunet_env(root: Path, **extra: str) -> dict[str, str]:
-    """A clean environment for nnU-Net subprocesses: temp folders, CPU-friendly settings, no ext trainers."""
-    env = {k: v for k, v in os.environ.items() if k not in ("nnUNet_extTrainer", "NNUNETV2_PETCT_NO_HOOK")}
-    env.update(
-        nnUNet_raw=str(root / "raw"),
-        nnUNet_preprocessed=str(root / "preprocessed"),
-        nnUNet_results=str(root / "results"),
-        nnUNet_def_n_proc="2",
-        nnUNet_n_proc_DA="0",  # single-threaded augmentation: cheapest for tiny patches on 2 cores
-        nnUNet_compile="false",
-        OMP_NUM_THREADS="2",
-        MPLBACKEND="Agg",
-        PYTHONUNBUFFERED="1",
-    )
-    for k in ("raw", "preprocessed", "results"):
-        (root / k).mkdir(parents=True, exist_ok=True)
-    env.update(extra)
-    return env
 
 
 def run(cmd: list[str], env: dict[str, str], timeout: float = 600, check: bool = True,
@@ -65,10 +44,11 @@ class TinyDataset:
 
 
 @pytest.fixture(scope="session")
-def tiny_dataset(tmp_path_factory) -> TinyDataset:
-    """Tiny labeled PET/CT phantom dataset, planned and preprocessed with shrunk (tiny) plans.
+def tiny_planned(tmp_path_factory) -> TinyDataset:
+    """Tiny labeled PET/CT phantom dataset, planned by nnU-Net and shrunk to tiny plans, NOT preprocessed.
 
-    Shared by the end-to-end tests (each trainer writes its own results folder).
+    Enough for tests that only need the plans (``$nnUNet_preprocessed/<name>/nnUNetPlans.json`` and
+    ``dataset.json``); :func:`tiny_dataset` preprocesses this same dataset.
     """
     from nnunetv2_petct.phantoms import make_cohort, write_nnunet_raw_dataset
 
@@ -81,6 +61,18 @@ def tiny_dataset(tmp_path_factory) -> TinyDataset:
     ts_dir = write_nnunet_raw_dataset(held_out, root / "heldout", dataset_id, name)
     # nnU-Net's planner calls torch.set_num_threads(nnUNet_n_proc_DA): it must be > 0 there.
     run([cli("nnUNetv2_plan_and_preprocess"), "-d", str(dataset_id), "-c", "3d_fullres", "-np", "2",
-         "--verify_dataset_integrity"], {**env, "nnUNet_n_proc_DA": "2"}, timeout=900)
+         "--verify_dataset_integrity", "--no_pp"], {**env, "nnUNet_n_proc_DA": "2"}, timeout=900)
+    # tiny plans change only patch, batch and architecture, never spacing or normalization: preprocessing
+    # after shrinking gives the same data as before it
     run([cli("nnUNetv2_petct_tiny_plans"), "-d", str(dataset_id)], env)
     return TinyDataset(root, env, dataset_id, ds_dir.name, ts_dir / "imagesTr", ts_dir / "labelsTr")
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tiny_planned) -> TinyDataset:
+    """:func:`tiny_planned`, preprocessed (3d_fullres). Shared by the end-to-end tests (each trainer writes
+    its own results folder); tests that use it are marked ``slow``."""
+    d = tiny_planned
+    run([cli("nnUNetv2_preprocess"), "-d", str(d.dataset_id), "-c", "3d_fullres", "-np", "2"],
+        {**d.env, "nnUNet_n_proc_DA": "2"}, timeout=900)
+    return d

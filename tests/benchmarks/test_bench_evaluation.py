@@ -1,4 +1,7 @@
-"""The evaluation benchmark runs and whole-body evaluation stays far from the official code's cost."""
+"""The evaluation benchmark runs on a whole-body-sized case and reports its figures.
+
+No timing thresholds (benchmarks print figures; tests never judge speed): only the reported case and
+that every timing is a positive, finite number."""
 
 from __future__ import annotations
 
@@ -13,6 +16,4 @@ def test_benchmark_figures():
     assert res["n_gt_lesions"] >= 24  # "dozens of lesions"
     assert 0.3 < res["dice"] < 1.0  # a plausible prediction, not random blobs
     for key in ("seconds_autopet_case_metrics", "seconds_lesion_quantification", "seconds_evaluate_case"):
-        # ~0.2-0.3 s on a 2-core machine; the per-component full-volume loop takes tens of seconds.
-        # Loose bound for shared CI machines.
-        assert math.isfinite(res[key]) and 0 < res[key] < 5.0, (key, res[key])
+        assert math.isfinite(res[key]) and res[key] > 0, (key, res[key])

@@ -1,8 +1,8 @@
 """Smoke tests of the predict and dataloader benchmarks at tiny size: they run and report sane figures.
 
 No timing thresholds (benchmarks print figures; tests never judge speed): only structure, positivity and
-facts derived by hand. Both reuse the session's tiny planned dataset (``tiny_dataset``) so no extra
-planning/preprocessing runs here.
+facts derived by hand. All reuse the session's tiny preprocessed dataset (``tiny_dataset``) so no extra
+planning/preprocessing runs here; that fixture's cost makes them ``slow``.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import json
 import math
 
 import pytest
+from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
 
 from nnunetv2_petct.benchmarks import bench_dataloader, bench_predict
 
@@ -18,29 +19,6 @@ from nnunetv2_petct.benchmarks import bench_dataloader, bench_predict
 def _tiny_plans(d) -> dict:
     path = d.root / "preprocessed" / d.dataset_name / "nnUNetPlans.json"
     return json.loads(path.read_text())["configurations"]["3d_fullres"]
-
-
-@pytest.mark.parametrize("shape, patch, step, expected", [
-    # 326x400x400 whole body, 128^3 patch, step 0.5 (64 voxels): z ceil(198/64)=4 -> 5 positions,
-    # y and x ceil(272/64)=5 -> 6 positions: 5*6*6 = 180
-    ((326, 400, 400), (128, 128, 128), 0.5, 180),
-    # image == patch: one window
-    ((128, 128, 128), (128, 128, 128), 0.5, 1),
-    # image smaller than the patch: nnU-Net pads it, one window
-    ((16, 24, 24), (32, 32, 32), 0.5, 1),
-    # 110 voxels, patch 64, step 32: ceil(46/32)=2 -> 3 positions (nnU-Net's own docstring example) per axis
-    ((110, 110, 64), (64, 64, 64), 0.5, 9),
-])
-def test_sliding_window_steps_hand_examples(shape, patch, step, expected):
-    assert bench_predict.sliding_window_steps(shape, patch, step) == expected
-
-
-def test_sliding_window_steps_match_nnunet():
-    from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
-
-    for shape, patch in [((326, 400, 400), (96, 160, 160)), ((200, 97, 300), (64, 64, 96))]:
-        steps = compute_steps_for_sliding_window(shape, patch, 0.5)
-        assert bench_predict.sliding_window_steps(shape, patch) == math.prod(len(s) for s in steps)
 
 
 @pytest.mark.slow
@@ -55,7 +33,9 @@ def test_predict_benchmark_runs_stock_predict(tiny_dataset):
     assert res["patch_size"] == patch
     # a crop the size of the patch is exactly one sliding-window position (printed by the predictor)
     assert res["n_steps_measured"] == 1
-    assert res["n_steps_full_volume"] == bench_predict.sliding_window_steps(res["full_volume_shape_zyx"], patch)
+    padded = [max(s, p) for s, p in zip(res["full_volume_shape_zyx"], patch)]  # the predictor pads to the patch
+    assert res["n_steps_full_volume"] == math.prod(
+        len(steps) for steps in compute_steps_for_sliding_window(padded, patch, 0.5))
     assert res["measured_on"].startswith("centred crop")
     for key in ("seconds_per_case_no_mirroring", "seconds_per_case_mirroring"):
         assert math.isfinite(res[key]) and res[key] > 0, key
@@ -69,6 +49,7 @@ def test_predict_benchmark_runs_stock_predict(tiny_dataset):
     assert len(res["loadavg_before"]) == 3
 
 
+@pytest.mark.slow
 def test_dataloader_benchmark_mae_pipeline(tiny_dataset):
     d = tiny_dataset
     config = _tiny_plans(d)
@@ -95,6 +76,7 @@ def test_dataloader_benchmark_mae_pipeline(tiny_dataset):
     assert res["workers_needed_estimate"] >= 1
 
 
+@pytest.mark.slow
 def test_dataloader_benchmark_default_nnunet_transforms_and_given_gpu_time(tiny_dataset):
     d = tiny_dataset
     res = bench_dataloader.run(n_batches=1, workers=(0,), patch_size=(16, 16, 16), batch_size=3,

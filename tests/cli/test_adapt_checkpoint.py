@@ -20,6 +20,18 @@ def _adapt(*args: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
+def _adapt_main(capsys, *args: str) -> subprocess.CompletedProcess:
+    """The same CLI through its ``main(argv)`` in this interpreter: exit code, stdout and stderr as from
+    :func:`_adapt`, without a fresh torch + nnU-Net import per call (the script itself is run by the other
+    tests here)."""
+    from nnunetv2_petct.cli.adapt_checkpoint import main
+
+    capsys.readouterr()  # drop anything printed before
+    code = main(list(args))
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(["nnUNetv2_petct_adapt_checkpoint", *args], code, out.out, out.err)
+
+
 def _plans_network(pre: Path, in_ch: int):
     """The network nnU-Net builds for the tiny dataset's plans with ``in_ch`` input channels."""
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -30,8 +42,9 @@ def _plans_network(pre: Path, in_ch: int):
 
 
 @pytest.fixture(scope="module")
-def pre(tiny_dataset) -> Path:
-    return Path(tiny_dataset.env["nnUNet_preprocessed"]) / tiny_dataset.dataset_name
+def pre(tiny_planned) -> Path:
+    """The tiny dataset's preprocessed folder: real nnU-Net plans (shrunk) and dataset.json, no data."""
+    return Path(tiny_planned.env["nnUNet_preprocessed"]) / tiny_planned.dataset_name
 
 
 def test_keep_pet_output_loads_with_stock_pretrained_weights_loader(pre, tmp_path):
@@ -76,27 +89,27 @@ def test_merge_ct_and_pet_outputs_load_into_a_two_channel_network(pre, tmp_path)
     assert plan["pretrain_num_input_channels"] == 2 and plan["channel_names"] == ["CT", "PET"]
 
 
-def test_check_mode_explains_mismatch_and_exit_codes(pre, tmp_path):
+def test_check_mode_explains_mismatch_and_exit_codes(pre, tmp_path, capsys):
     two = make_foundation_checkpoint(pre, tmp_path / "two.pth")
     one = make_foundation_checkpoint(pre, tmp_path / "one.pth", 1, channel_names=("PET",))
-    ok = _adapt(str(two), "--check", str(pre))
+    ok = _adapt_main(capsys, str(two), "--check", str(pre))
     assert ok.returncode == 0 and "compatible" in ok.stdout
-    bad = _adapt(str(one), "--check", str(pre))
+    bad = _adapt(str(one), "--check", str(pre))  # the installed script once: exit code 1 reaches the shell
     assert bad.returncode == 1
     assert "Input channels: checkpoint 1, network 2" in bad.stdout and "nnUNetv2_petct_adapt_checkpoint" in bad.stdout
     # a different architecture: features changed in the plans -> the move-plans fix
     plans = json.loads((pre / "nnUNetPlans.json").read_text())
     plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["features_per_stage"][-1] *= 2
     (tmp_path / "other_plans.json").write_text(json.dumps(plans))
-    other = _adapt(str(two), "--check", str(tmp_path / "other_plans.json"), "--num-input-channels", "2")
+    other = _adapt_main(capsys, str(two), "--check", str(tmp_path / "other_plans.json"), "--num-input-channels", "2")
     assert other.returncode == 1 and "nnUNetv2_move_plans_between_datasets" in other.stdout
     assert "vs" in other.stdout and "encoder.stages.2" in other.stdout
     # bad input: exit 2 with the offending file named
-    missing = _adapt(str(tmp_path / "nope.pth"), "--keep", "PET", "-o", str(tmp_path / "x.pth"))
+    missing = _adapt_main(capsys, str(tmp_path / "nope.pth"), "--keep", "PET", "-o", str(tmp_path / "x.pth"))
     assert missing.returncode == 2 and "nope.pth" in missing.stderr
-    exists = _adapt(str(two), "--keep", "PET", "-o", str(two))
+    exists = _adapt_main(capsys, str(two), "--keep", "PET", "-o", str(two))
     assert exists.returncode == 2 and "exists" in exists.stderr
-    unknown = _adapt(str(two), "--keep", "MR", "-o", str(tmp_path / "y.pth"))
+    unknown = _adapt_main(capsys, str(two), "--keep", "MR", "-o", str(tmp_path / "y.pth"))
     assert unknown.returncode == 2 and "'MR' not in the checkpoint's channels" in unknown.stderr
 
 

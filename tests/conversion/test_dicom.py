@@ -6,20 +6,19 @@ import copy
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
+import SimpleITK as sitk
 
-pydicom = pytest.importorskip("pydicom")
-sitk = pytest.importorskip("SimpleITK")
-
-from nnunetv2_petct.conversion.dicom import (  # noqa: E402
+from nnunetv2_petct.conversion.dicom import (
     DicomStudyError,
     NonFDGTracerError,
     find_dicom_studies,
     load_dicom_seg,
     load_dicom_study,
 )
-from nnunetv2_petct.phantoms import make_phantom  # noqa: E402
-from nnunetv2_petct.phantoms.dicom_writer import write_dicom_study  # noqa: E402
+from nnunetv2_petct.phantoms import make_phantom
+from nnunetv2_petct.phantoms.dicom_writer import write_dicom_study
 
 HALF_LIFE_S = 6586.2
 
@@ -82,10 +81,10 @@ def test_round_trip_per_vendor(case, vendor, tmp_path):
     bqml = w.weight_kg * 1000.0 / (w.injected_dose_bq * 2.0 ** (-w.uptake_time_s / HALF_LIFE_S))
     if vendor == "PHILIPS_CNTS":
         assert meta["units"] == "CNTS"
-        assert meta["suv_factor"] == pytest.approx(w.activity_concentration_scale_factor * bqml, rel=1e-8)
+        assert meta["suv"]["factor"] == pytest.approx(w.activity_concentration_scale_factor * bqml, rel=1e-8)
     else:
         assert meta["units"] == "BQML"
-        assert meta["suv_factor"] == pytest.approx(bqml, rel=1e-9)
+        assert meta["suv"]["factor"] == pytest.approx(bqml, rel=1e-9)
         assert meta["suv"]["uptake_time_s"] == pytest.approx(w.uptake_time_s)
         assert 55 * 60 <= meta["suv"]["uptake_time_s"] <= 70 * 60
     assert meta["tracer"] == "FDG"
@@ -310,9 +309,9 @@ def test_find_in_missing_folder(tmp_path):
 def test_real_pet_slices(tmp_path):
     # The two real single-slice PT files: discovery finds two studies (different StudyInstanceUIDs),
     # sets each PT series aside (1 slice, not a volume) and reports the missing CT.
-    src = Path(__file__).resolve().parents[2] / ".." / "shared" / "testdata" / "pet_dicom"
+    src = Path(__file__).resolve().parents[1] / "data" / "pet_dicom"
     if not src.is_dir():
-        pytest.skip(f"test data {src} not found")
+        pytest.fail(f"test data {src} not found")
     studies = find_dicom_studies(src)
     assert len(studies) == 2
     for st in studies:
@@ -329,5 +328,5 @@ def test_real_pet_slices(tmp_path):
     np.testing.assert_allclose(pet.GetOrigin(), (-342.11083849009, -528.74934994385, -278.5), atol=1e-6)
     np.testing.assert_allclose(pet.GetSpacing(), (4.07283, 4.07283, 5.0), atol=1e-9)  # z: SliceThickness
     factor = 69734.4 / (178340011.59668 * 2.0 ** (-3976.921 / 6586.2))
-    assert facts["suv_factor"] == pytest.approx(factor, rel=1e-9)
+    assert facts["suv"]["factor"] == pytest.approx(factor, rel=1e-9)
     assert float(_arr(pet).max()) == pytest.approx(1327 * 9.12329 * factor, rel=1e-5)

@@ -8,12 +8,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-pytest.importorskip("pydicom")
-dicom_writer = pytest.importorskip("nnunetv2_petct.phantoms.dicom_writer")
-
-from nnunetv2_petct.conversion.core import read_manifest  # noqa: E402
-from nnunetv2_petct.conversion.registry import convert_cohort  # noqa: E402
-from nnunetv2_petct.phantoms.layouts import autopet_ids  # noqa: E402
+from nnunetv2_petct.conversion.core import read_manifest
+from nnunetv2_petct.conversion.registry import convert_cohort
+from nnunetv2_petct.phantoms import dicom_writer
+from nnunetv2_petct.phantoms.layouts import autopet_ids
 
 
 def _arr(path):

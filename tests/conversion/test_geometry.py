@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -14,7 +10,9 @@ from nnunetv2_petct.conversion.geometry import (
     array_zyx_to_image,
     body_mask,
     crop_to_mask_bbox,
-    image_to_array_zyx,
+    geometry_record,
+    overlap_fraction,
+    overlap_fractions_xyz,
     resample_to_reference,
     same_geometry,
     spacing_mm_zyx,
@@ -39,7 +37,7 @@ def test_resample_linear_2x_upsampling_reproduces_linear_ramp():
     src = _ramp_image()
     # 1 mm grid over 0..6 mm: index j sits at physical j mm = source index j/2.
     ref = _grid((7, 7, 7), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
-    out = image_to_array_zyx(resample_to_reference(src, ref, "linear"))
+    out = sitk.GetArrayFromImage(resample_to_reference(src, ref, "linear"))
     assert out.shape == (7, 7, 7)
     # Linear interpolation of a linear function is exact: value(p) = 10*px/2 + 100*py/2 + 1000*pz/2.
     # index (z=1, y=0, x=3): p = (x=3, y=0, z=1) mm -> 15 + 0 + 500 = 515
@@ -57,7 +55,7 @@ def test_resample_checkerboard_nearest_and_linear_midpoints():
     ref = _grid((7, 7, 7), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), sitk.sitkInt16)
     lin = resample_to_reference(src, ref, "linear")
     assert lin.GetPixelID() == sitk.sitkInt16  # output type = input type
-    a = image_to_array_zyx(lin)
+    a = sitk.GetArrayFromImage(lin)
     # even indices hit source voxels: ref (z=2,y=4,x=6) = source (1,2,3): (1+2+3)%2=0 -> 0
     assert a[2, 4, 6] == 0
     # ref (z=0,y=0,x=2) = source (0,0,1) -> 100
@@ -66,7 +64,7 @@ def test_resample_checkerboard_nearest_and_linear_midpoints():
     # (1,1,1) averages 4 zeros and 4 hundreds = 50
     assert a[0, 0, 1] == 50
     assert a[1, 1, 1] == 50
-    near = image_to_array_zyx(resample_to_reference(src, ref, "nearest"))
+    near = sitk.GetArrayFromImage(resample_to_reference(src, ref, "nearest"))
     assert set(np.unique(near).tolist()) <= {0, 100}
 
 
@@ -74,7 +72,7 @@ def test_resample_respects_origin_direction_and_default_value():
     src = _ramp_image()
     # Reference shifted by -2 mm in x: its index 0 lies outside the source (x=-2) -> default value.
     ref = _grid((5, 1, 1), (2.0, 2.0, 2.0), (-2.0, 0.0, 0.0))
-    out = image_to_array_zyx(resample_to_reference(src, ref, "linear", default_value=-1024))
+    out = sitk.GetArrayFromImage(resample_to_reference(src, ref, "linear", default_value=-1024))
     assert out[0, 0, 0] == pytest.approx(-1024.0)
     # index 3 at x=4 mm = source ix 2 -> 20
     assert out[0, 0, 3] == pytest.approx(20.0)
@@ -85,7 +83,7 @@ def test_resample_respects_origin_direction_and_default_value():
     flipped.SetOrigin((6.0, 0.0, 0.0))
     flipped.SetDirection((-1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
     ref2 = _grid((4, 1, 1), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0))
-    out2 = image_to_array_zyx(resample_to_reference(flipped, ref2, "nearest"))
+    out2 = sitk.GetArrayFromImage(resample_to_reference(flipped, ref2, "nearest"))
     np.testing.assert_allclose(out2[0, 0], [30.0, 20.0, 10.0, 0.0])
 
 
@@ -114,7 +112,30 @@ def test_same_geometry():
 def test_spacing_is_reported_zyx():
     img = _grid((3, 4, 5), (1.0, 2.0, 3.0), (0.0, 0.0, 0.0))
     assert spacing_mm_zyx(img) == (3.0, 2.0, 1.0)
-    assert image_to_array_zyx(img).shape == (5, 4, 3)
+    assert sitk.GetArrayFromImage(img).shape == (5, 4, 3)
+
+
+def _box(shape_zyx=(10, 10, 10), spacing=(1.0, 1.0, 1.0), origin_xyz=(0.0, 0.0, 0.0)) -> sitk.Image:
+    return array_zyx_to_image(np.zeros(shape_zyx, np.float32), spacing, origin_xyz)
+
+
+def test_overlap_fractions_by_hand():
+    ref = _box()  # voxel edges -0.5 .. 9.5 mm on every axis
+    assert overlap_fractions_xyz(ref, ref) == pytest.approx((1.0, 1.0, 1.0))
+    # shifted by 5 mm in z: edges 4.5 .. 14.5 -> overlap 4.5 .. 9.5 = 5 of 10 mm
+    assert overlap_fractions_xyz(_box(origin_xyz=(0, 0, 5.0)), ref) == pytest.approx((1.0, 1.0, 0.5))
+    assert overlap_fraction(_box(origin_xyz=(0, 0, 5.0)), ref) == pytest.approx(0.5)
+    # 2 mm spacing, 5 voxels, origin 0: edges -1 .. 9 -> overlap -0.5 .. 9 = 9.5 of 10 mm in x
+    small = _box((10, 10, 5), spacing=(1.0, 1.0, 2.0))
+    assert overlap_fractions_xyz(small, ref)[0] == pytest.approx(0.95)
+    assert overlap_fractions_xyz(_box(origin_xyz=(0, 0, 50.0)), ref)[2] == 0.0
+
+
+def test_geometry_record_orders():
+    img = _box((3, 4, 5), spacing=(3.0, 2.0, 1.0), origin_xyz=(-5.0, 7.0, 100.0))  # spacing z,y,x
+    assert geometry_record(img) == {"spacing_mm": [3.0, 2.0, 1.0], "shape_zyx": [3, 4, 5],
+                                    "origin_mm_xyz": [-5.0, 7.0, 100.0],
+                                    "direction": [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]}
 
 
 def test_body_mask_keeps_largest_component_and_fills_holes():
@@ -127,6 +148,16 @@ def test_body_mask_keeps_largest_component_and_fills_holes():
     expected[1:5, 2:10, 2:10] = True  # lungs filled, table dropped
     assert mask.dtype == bool
     np.testing.assert_array_equal(mask, expected)
+
+
+def test_body_mask_connectivity_is_26():
+    ct = np.full((4, 8, 8), -1000, dtype=np.int16)
+    ct[0:2, 0:2, 0:2] = 40            # 8 voxels
+    ct[2, 2, 2] = ct[3, 3, 3] = 40    # 2 voxels touching the block (and each other) by a corner only
+    ct[0, 5:8, 5:8] = 40              # 9 voxels, apart: largest with 6- or 18-connectivity
+    expected = np.zeros(ct.shape, dtype=bool)
+    expected[0:2, 0:2, 0:2] = expected[2, 2, 2] = expected[3, 3, 3] = True  # 10 voxels with 26
+    np.testing.assert_array_equal(body_mask(ct), expected)
 
 
 def test_body_mask_threshold_and_empty_input():
@@ -144,13 +175,14 @@ def test_crop_to_mask_bbox_updates_origin_and_keeps_values():
     lab = array_zyx_to_image((arr % 2).astype(np.uint8), (3.0, 2.0, 1.0), (-5.0, 7.0, 100.0))
     mask = np.zeros(arr.shape, dtype=bool)
     mask[2:5, 3:6, 6:10] = True  # z 2..4, y 3..5, x 6..9
-    out_img, out_lab = crop_to_mask_bbox([img, lab], mask, margin_vox=1)
+    (out_img, out_lab), box = crop_to_mask_bbox([img, lab], mask, margin_vox=1)
+    assert box == (slice(1, 6), slice(2, 7), slice(5, 11))
     # margin 1 -> z 1..5 (5), y 2..6 (5), x 5..10 (6)
     assert out_img.GetSize() == (6, 5, 5)
     assert out_lab.GetSize() == (6, 5, 5)
     # new origin = old origin + first kept index * spacing: x -5+5*1, y 7+2*2, z 100+1*3
     np.testing.assert_allclose(out_img.GetOrigin(), (0.0, 11.0, 103.0))
-    a = image_to_array_zyx(out_img)
+    a = sitk.GetArrayFromImage(out_img)
     assert a[0, 0, 0] == arr[1, 2, 5]
     assert a[-1, -1, -1] == arr[5, 6, 10]
     # physical position of a voxel is unchanged
@@ -158,27 +190,15 @@ def test_crop_to_mask_bbox_updates_origin_and_keeps_values():
     assert img.TransformPhysicalPointToIndex(p) == (7, 4, 3)
 
 
-def test_crop_margin_clipped_and_empty_mask(caplog):
+def test_crop_margin_clipped_and_empty_mask():
     img = array_zyx_to_image(np.ones((4, 5, 6), np.int16), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
     mask = np.zeros((4, 5, 6), dtype=bool)
     mask[0, 0, 0] = True
-    (out,) = crop_to_mask_bbox([img], mask, margin_vox=3)
+    (out,), _ = crop_to_mask_bbox([img], mask, margin_vox=3)
     # 0-3 clips to 0, 0+1+3 = 4 voxels (z clipped to 4), y 4, x 4
     assert out.GetSize() == (4, 4, 4)
     assert out.GetOrigin() == (0.0, 0.0, 0.0)
-    with caplog.at_level(logging.WARNING):
-        res = crop_to_mask_bbox([img], np.zeros((4, 5, 6), bool))
-    assert res[0] is img
-    assert "empty mask" in caplog.text
+    res, box = crop_to_mask_bbox([img], np.zeros((4, 5, 6), bool))
+    assert box is None and res[0] is img
     with pytest.raises(ValueError, match="size"):
         crop_to_mask_bbox([img], np.zeros((4, 5, 7), bool))
-
-
-def test_pure_library_modules_do_not_import_nnunetv2_or_torch():
-    code = (
-        "import sys, nnunetv2_petct.conversion.geometry, nnunetv2_petct.phantoms; "
-        "bad = [m for m in ('nnunetv2', 'torch') if m in sys.modules]; "
-        "print(bad); sys.exit(1 if bad else 0)"
-    )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert res.returncode == 0, res.stdout + res.stderr

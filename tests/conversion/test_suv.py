@@ -29,7 +29,7 @@ from nnunetv2_petct.conversion.suv import (
     suv_volume_from_slices,
 )
 
-TESTDATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "testdata"
+TESTDATA = Path(__file__).resolve().parents[1] / "data"  # tests/data: real files with licence notes
 HEADERS = TESTDATA / "suv_headers"
 PET_DICOM = TESTDATA / "pet_dicom"
 
@@ -40,10 +40,7 @@ def _bw(weight_kg: float, dose_bq: float, elapsed_s: float, half_life_s: float) 
 
 
 def _load(name: str) -> list[dict]:
-    path = HEADERS / name
-    if not path.exists():
-        pytest.skip(f"test data {path} not found")
-    return json.loads(path.read_text())
+    return json.loads((HEADERS / name).read_text())  # a missing file is an error, not a skip
 
 
 # (file, expected factor derived by hand, rounded cross-check, scan time source substring)
@@ -265,11 +262,9 @@ def test_radiopharm_values_inside_sequence():
 
 
 def _dcm(name: str):
-    pydicom = pytest.importorskip("pydicom")
-    path = PET_DICOM / name
-    if not path.exists():
-        pytest.skip(f"test data {path} not found")
-    return pydicom.dcmread(path)
+    import pydicom
+
+    return pydicom.dcmread(PET_DICOM / name)  # a missing file is an error, not a skip
 
 
 def test_real_wholebody_slice():
@@ -328,6 +323,11 @@ def test_per_slice_rescale():
     vol = suv_volume_from_slices(hs, px)
     assert vol[0, 0, 0] == pytest.approx(21.0)  # 10 * 2 + 1
     assert vol[1, 0, 0] == pytest.approx(30.0)  # 10 * 3
+    # factors already computed by the caller (load_pet_series) are used as given
+    vol = suv_volume_from_slices(hs, px, factors=[0.5, 2.0])
+    assert (vol[0, 0, 0], vol[1, 0, 0]) == pytest.approx((10.5, 60.0))
+    with pytest.raises(ValueError, match="factors"):
+        suv_volume_from_slices(hs, px, factors=[1.0])
 
 
 # ---------------------------------------------------------------------- helpers

@@ -1,4 +1,4 @@
-"""Fixtures for the evaluation tests: the real autoPET III masks from the shared test data."""
+"""Fixtures for the evaluation tests: the real autoPET III masks from tests/data/autopet3_masks."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-AUTOPET3_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "testdata" / "autopet3_masks"
+AUTOPET3_DIR = Path(__file__).resolve().parents[1] / "data" / "autopet3_masks"
 CASE = "psma_95b833d46f153cd2_2018-04-16"
 
 
@@ -15,7 +15,7 @@ CASE = "psma_95b833d46f153cd2_2018-04-16"
 def autopet3_masks() -> dict:
     """``{"gt", "pred_datacentric", "pred_nnunet"}`` arrays (z, y, x) and ``spacing_mm`` (z, y, x)."""
     if not AUTOPET3_DIR.is_dir():
-        pytest.skip(f"real autoPET III masks not found at {AUTOPET3_DIR}")
+        pytest.fail(f"real autoPET III masks not found at {AUTOPET3_DIR}")
     import SimpleITK as sitk
 
     out: dict = {}

@@ -7,8 +7,6 @@ import subprocess
 import sys
 import types
 
-import pytest
-
 from tests.conftest import REPO, cli
 
 PY = sys.executable
@@ -109,53 +107,3 @@ def test_doctor_reports_wired_trainers():
     report = json.loads(proc.stdout)
     assert report["hook_installed"] and report["trainer_lookup_wrapped"]
     assert "nnUNetTrainerPETCT_tiny" in report["trainers"]
-
-
-def test_pure_modules_do_not_import_nnunetv2():
-    import pkgutil
-
-    import nnunetv2_petct
-
-    nnunet_facing = ("nnunetv2_petct.nnunet.", "nnunetv2_petct.cli", "nnunetv2_petct.benchmarks",
-                     "nnunetv2_petct.demo", "nnunetv2_petct.distributed")
-    pure = [m.name for m in pkgutil.walk_packages(nnunetv2_petct.__path__, "nnunetv2_petct.")
-            if not m.name.startswith(nnunet_facing) or m.name == "nnunetv2_petct.nnunet.plans"]
-    assert "nnunetv2_petct.conversion.channels" in pure and "nnunetv2_petct.nnunet.plans" in pure
-    code = ("import importlib, json, sys\n"
-            f"bad = []\nfor m in {pure!r}:\n"
-            "    importlib.import_module(m)\n"
-            "    if 'nnunetv2' in sys.modules: bad.append(m); break\n"
-            "print(json.dumps(bad))\n")
-    proc = _py(code)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads(proc.stdout) == [], "these pure modules pulled in nnunetv2"
-
-
-@pytest.mark.parametrize("bad", [{"0": "PET", "1": "CT"}, {"0": "CT"}, {"0": "CT", "1": "MR"}])
-def test_channel_check_rejects_wrong_order_or_count(bad):
-    from nnunetv2_petct.conversion.channels import ChannelOrderError, check_channels
-
-    with pytest.raises(ChannelOrderError, match="_0000 = CT"):
-        check_channels(bad)
-
-
-def test_channel_check_accepts_usual_names():
-    from nnunetv2_petct.conversion.channels import channel_kind, check_channels
-
-    check_channels({"0": "CT", "1": "PET"})
-    check_channels({"0": "ct_hu", "1": "SUV"})
-    check_channels({"0": "PET"}, expected=("PET",))
-    assert [channel_kind(n) for n in ("CT", "PT", "pet_suv", "noNorm")] == ["CT", "PET", "PET", "unknown"]
-
-
-def test_channel_check_accepts_pet_named_ct_only_when_recorded_as_global():
-    from nnunetv2_petct.conversion.channels import ChannelOrderError, check_channels, pet_normalized_globally
-
-    names = {"0": "CT", "1": "ct"}  # what `nnUNetv2_petct_convert --pet-normalization global` writes
-    with pytest.raises(ChannelOrderError):
-        check_channels(names)
-    dataset_json = {"channel_names": names, "petct_normalization": {"ct": "global", "pet": "global"}}
-    assert pet_normalized_globally(dataset_json)
-    check_channels(names, pet_global=pet_normalized_globally(dataset_json))
-    with pytest.raises(ChannelOrderError):  # CT must still come first
-        check_channels({"0": "PET", "1": "ct"}, pet_global=True)

@@ -1,4 +1,5 @@
-"""DDP launcher (nnunetv2_petct.distributed): 2 CPU processes with gloo under torchrun, plus unit checks."""
+"""DDP launcher (nnunetv2_petct.nnunet.distributed, run as ``-m nnunetv2_petct.distributed``): 2 CPU
+processes with gloo under torchrun, plus unit checks."""
 
 from __future__ import annotations
 
@@ -161,7 +162,7 @@ def test_resume_with_c(dist_run):
 
 
 def test_read_dist_env_requires_torchrun_variables():
-    from nnunetv2_petct.distributed import LaunchError, read_dist_env
+    from nnunetv2_petct.nnunet.distributed import LaunchError, read_dist_env
 
     with pytest.raises(LaunchError, match="RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT"):
         read_dist_env({})
@@ -175,7 +176,7 @@ def test_read_dist_env_requires_torchrun_variables():
 
 
 def test_device_and_backend_resolution():
-    from nnunetv2_petct.distributed import LaunchError, resolve_backend, resolve_device
+    from nnunetv2_petct.nnunet.distributed import LaunchError, resolve_backend, resolve_device
 
     assert str(resolve_device("auto", 3, cuda_available=True, cuda_device_count=4)) == "cuda:3"
     assert str(resolve_device("auto", 3, cuda_available=False, cuda_device_count=0)) == "cpu"
@@ -190,7 +191,7 @@ def test_device_and_backend_resolution():
 
 
 def test_rank_seeds_differ_by_rank_and_epoch_and_are_stable():
-    from nnunetv2_petct.distributed import rank_seed
+    from nnunetv2_petct.nnunet.distributed import rank_seed
 
     seeds = {rank_seed(12345, r, e) for r in range(16) for e in range(10)}
     assert len(seeds) == 160
@@ -201,7 +202,7 @@ def test_rank_seeds_differ_by_rank_and_epoch_and_are_stable():
 def test_parameter_checksums_see_a_single_changed_element():
     import torch
 
-    from nnunetv2_petct.distributed import parameter_checksums
+    from nnunetv2_petct.nnunet.distributed import parameter_checksums
 
     net = torch.nn.Sequential(torch.nn.Conv3d(2, 4, 3), torch.nn.Conv3d(4, 2, 1))
     before = parameter_checksums(net)
@@ -215,7 +216,7 @@ def test_parameter_checksums_see_a_single_changed_element():
 def test_launch_subclass_keeps_the_trainer_identity():
     import torch
 
-    from nnunetv2_petct.distributed import DistributedTrainerMixin, make_distributed_trainer_class
+    from nnunetv2_petct.nnunet.distributed import DistributedTrainerMixin, make_distributed_trainer_class
     from nnunetv2_petct.nnunet.registry import find_trainer_class
     from nnunetv2_petct.nnunet.trainers.mae import nnUNetTrainerPETCTMAE_tiny
 

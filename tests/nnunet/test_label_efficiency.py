@@ -77,19 +77,6 @@ def test_assign_folds_appends_after_a_grouped_cv_and_is_idempotent():
     assert s3[0] == custom[0] and f3 == [1]  # an existing splits file is kept as is
 
 
-def test_read_case_list_formats(tmp_path):
-    from nnunetv2_petct.nnunet.label_efficiency import LabelEfficiencyError, read_case_list
-
-    (tmp_path / "a.txt").write_text("# test cases\ncase_1_0000.nii.gz\ncase_2\n\ncase_1\n")
-    assert read_case_list(tmp_path / "a.txt") == ["case_1", "case_2"]
-    (tmp_path / "b.json").write_text(json.dumps(["x", "y.nii.gz"]))
-    assert read_case_list(tmp_path / "b.json") == ["x", "y"]
-    (tmp_path / "c.csv").write_text("case_id,split\nz,test\n")
-    assert read_case_list(tmp_path / "c.csv") == ["z"]
-    with pytest.raises(LabelEfficiencyError, match="not found"):
-        read_case_list(tmp_path / "nope.txt")
-
-
 # ------------------------------------------------------------------------------------- end to end
 @pytest.mark.slow
 def test_grid_table_plot_and_splits(transfer_grid):  # noqa: F811
