@@ -24,9 +24,23 @@ cohorts and their layouts:
                   --pet-glob, --ct-glob, --spacing (arrays), --ct-offset/--ct-slope (HU = raw*slope+offset)
   dicom           any folder of DICOM PET/CT studies (SUVbw computed from the headers)
 
+DICOM series selection (dicom, autopet-dicom): per study, from the headers. A series qualifies when it
+is a single-frame CT/PET Image Storage volume of >= 3 axial slices on one regular grid; ORIGINAL/DERIVED
+and PRIMARY/SECONDARY do not matter. Set aside (with the reason, in the manifest): localizers/scouts,
+projections/MIPs, single images, non-axial reformats, irregular stacks (gaps, mixed orientation or
+spacing), PET without attenuation correction (CorrectedImage lacks ATTN). Several qualify: PET = largest
+axial extent, then earliest acquisition, then finest voxels, then lowest UID; CT = same frame of
+reference as the PET, then largest axial overlap with it, then finest slice spacing, then most slices,
+then lowest UID. --ct-series/--pet-series pick by SeriesInstanceUID or SeriesDescription (wildcards).
+Other objects (RTDOSE, RTPLAN, RTSTRUCT, SR, SEG, KO, PR, ...) are ignored and counted in the summary.
+Partial CT coverage: a case whose CT covers less than --min-overlap (0.5) of the PET's axial extent
+fails with the measured coverage and the --min-overlap value that would pass; with a lower threshold
+the PET outside the CT gets -1024 HU (air) in the CT channel (a warning in the manifest says how much).
+
 output: $nnUNet_raw/DatasetXXX_<Name>/ with imagesTr (_0000 = CT in HU, _0001 = PET), labelsTr
 (lesion masks, or body masks for unlabeled cohorts), dataset.json, manifest.jsonl (one record per
-case: units, spacing, shape, source, assumptions), conversion_failures.json.
+case: units, spacing, shape and statistics of the files as written, the source's under source_values,
+assumptions; DICOM: the series chosen and why the others were not), conversion_failures.json.
 Labeled cohorts keep the PET grid (no crop); unlabeled ones are cropped to the body (--no-crop).
 Re-running skips finished cases (--overwrite redoes them).
 
@@ -34,6 +48,7 @@ examples:
   nnUNetv2_petct_convert autopet /data/FDG-PET-CT-Lesions -d 221 -np 8
   nnUNetv2_petct_convert spade /data/SPADE -d 223 --exclude bad_scans.txt
   nnUNetv2_petct_convert vimed-pet /data/vimed -d 224 --spacing 3 2.7 2.7 --ct-offset -1024
+  nnUNetv2_petct_convert dicom /data/hn_studies -d 225 --min-overlap 0.3 --pet-series "PET AC*"
 """
 
 
@@ -62,11 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="zscore: PET channel named 'PET' -> nnU-Net per-image z-score (default); global: "
                         "PET channel named 'ct' -> nnU-Net's CT-style dataset-wide normalization")
     p.add_argument("--min-overlap", type=float, default=0.5,
-                   help="fail a case whose CT covers less than this fraction of the PET's axial extent (0.5)")
+                   help="fail a case whose CT covers less than this fraction of the PET's axial extent (0.5); "
+                        "with less, the PET outside the CT gets -1024 HU in the CT channel")
     g = p.add_argument_group("cohort-specific options")
     g.add_argument("--include-psma", action="store_true", default=None, help="autopet-nnunet: also psma_* cases")
     g.add_argument("--allow-non-fdg", action="store_true", default=None,
                    help="dicom/autopet-dicom: accept non-FDG tracers")
+    g.add_argument("--ct-series", default=None, metavar="UID_OR_DESCRIPTION",
+                   help="dicom/autopet-dicom: use the CT series with this SeriesInstanceUID or SeriesDescription "
+                        "(case-insensitive, * and ? wildcards) in every study")
+    g.add_argument("--pet-series", default=None, metavar="UID_OR_DESCRIPTION",
+                   help="dicom/autopet-dicom: use the PET series with this SeriesInstanceUID or SeriesDescription "
+                        "(case-insensitive, * and ? wildcards) in every study")
     g.add_argument("--missing-seg-empty", action="store_true", default=None,
                    help="autopet-dicom: a study without DICOM-SEG gets an empty label instead of failing")
     g.add_argument("--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"), default=None,
@@ -84,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COHORT_OPTION_DESTS = ("include_psma", "allow_non_fdg", "missing_seg_empty", "spacing", "array_axes", "pet_units", "exclude",
-                       "pet_glob", "ct_glob", "ct_offset", "ct_slope")
+                       "pet_glob", "ct_glob", "ct_offset", "ct_slope", "ct_series", "pet_series")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -246,13 +246,16 @@ def _autopet_dicom_identity(study) -> tuple[str, str, dict]:
         "study_uid": str(study.study_uid), "dicom_patient_id": pid, "study_date": date, "patient_key": key}
 
 
-def discover_autopet_dicom(source: Path, allow_non_fdg: bool = False, missing_seg_empty: bool = False) -> Discovery:
+def discover_autopet_dicom(source: Path, allow_non_fdg: bool = False, missing_seg_empty: bool = False,
+                           ct_series: str | None = None, pet_series: str | None = None) -> Discovery:
     """Studies of the TCIA AutoPET DICOM release (PET, CT and DICOM-SEG series per study), found as
-    :func:`~.generic_dicom.discover_dicom` finds them.
+    :func:`~.generic_dicom.discover_dicom` finds them (same series selection; ``ct_series`` /
+    ``pet_series`` as there).
 
     Case ids ``fdg_<hash>_<MM-DD-YYYY>`` from PatientID ``PETCT_<hash>`` and StudyDate, as in the
     NIfTI releases. ``missing_seg_empty``: a study without DICOM-SEG gets an empty label instead of
     failing.
     """
     return discover_dicom_cases(source, "autopet-dicom", _autopet_dicom_identity, load_autopet_dicom_study,
-                                (allow_non_fdg, missing_seg_empty), labeled=True)
+                                (allow_non_fdg, missing_seg_empty), labeled=True,
+                                ct_series=ct_series, pet_series=pet_series)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -295,7 +296,17 @@ def harmonize(loaded: LoadedCase, options: ConversionOptions) -> tuple[dict, dic
     """Put CT, PET and label on the PET grid, check them, crop if asked.
 
     Returns ``(images, facts)``: ``images`` maps ``"ct"``, ``"pet"``, ``"label"`` to SimpleITK images
-    (int16 HU, float32, uint8) on one grid; ``facts`` are manifest entries.
+    (int16 HU, float32, uint8) on one grid; ``facts`` are manifest entries. Every statistic at the top
+    level of ``facts`` describes the images as returned (= as written: after resampling and cropping):
+    ``spacing_mm``/``shape_zyx``/``origin_mm_xyz``/``direction``, ``pet_max``/``pet_mean``/``pet_min``,
+    ``ct_range_hu``/``ct_mean_hu`` (:func:`written_image_stats`), ``label`` foreground; the source images'
+    grids and values are under ``source_values`` (``pet``: grid, ``max``, ``mean``; ``ct``: grid,
+    ``range_hu`` on the CT's own grid).
+
+    Partial CT coverage: ``ct_pet_z_overlap_fraction`` is the fraction of the PET's axial extent that
+    the CT covers; below ``options.min_overlap_fraction`` the case fails with a message naming
+    ``--min-overlap`` (and the value that would pass); above it the rest of the CT channel is filled
+    with -1024 HU (air) and a warning says how much.
 
     Raises:
         ConversionError: empty or non-3D volume; non-finite PET/CT voxels; PET all zero; CT covering
@@ -309,10 +320,13 @@ def harmonize(loaded: LoadedCase, options: ConversionOptions) -> tuple[dict, dic
     _check_volume(pet, "PET")
     _check_volume(ct, "CT")
     warnings = list(loaded.meta.get("warnings", []))
-    facts: dict[str, Any] = {
-        "original_pet": geometry_record(pet),
-        "original_ct": {k: v for k, v in geometry_record(ct).items() if k in ("spacing_mm", "shape_zyx")},
+    # what the source looked like, before resampling and cropping (the top-level statistics describe
+    # the written files)
+    source_values: dict[str, Any] = {
+        "pet": geometry_record(pet),
+        "ct": {k: v for k, v in geometry_record(ct).items() if k in ("spacing_mm", "shape_zyx", "origin_mm_xyz")},
     }
+    facts: dict[str, Any] = {"source_values": source_values}
 
     if pet.GetPixelID() != sitk.sitkFloat32:
         pet = sitk.Cast(pet, sitk.sitkFloat32)
@@ -323,6 +337,7 @@ def harmonize(loaded: LoadedCase, options: ConversionOptions) -> tuple[dict, dic
     pet_max = float(pet_arr.max())
     if pet_max <= 0:
         raise ConversionError(f"PET is empty (maximum {pet_max:g})")
+    source_values["pet"].update(max=pet_max, mean=float(pet_arr.mean(dtype=np.float64)))
     if float(pet_arr.min()) < 0:
         warnings.append(f"PET has negative values (min {float(pet_arr.min()):g}); kept as is")
 
@@ -334,9 +349,13 @@ def harmonize(loaded: LoadedCase, options: ConversionOptions) -> tuple[dict, dic
     if fx * fy * fz <= 0:
         raise ConversionError("CT and PET do not overlap in physical space (check the image headers)")
     if fz < options.min_overlap_fraction:
+        # suggest the largest threshold (2 decimals) that this case passes
+        suggest = math.floor(fz * 100) / 100
         raise ConversionError(
-            f"CT covers only {100 * fz:.1f} % of the PET's axial (z) extent "
-            f"(minimum {100 * options.min_overlap_fraction:.0f} %)"
+            f"CT covers only {100 * fz:.1f} % of the PET's axial (z) extent (minimum "
+            f"{100 * options.min_overlap_fraction:g} %, --min-overlap {options.min_overlap_fraction:g}); to convert "
+            f"it anyway pass --min-overlap {suggest:.2f} (library: min_overlap_fraction): the PET outside the CT then "
+            f"gets {CT_FILL_HU:g} HU (air) in the CT channel"
         )
     if fz < 0.99:
         warnings.append(f"CT covers {100 * fz:.1f} % of the PET's axial extent; the rest is filled with "
@@ -346,6 +365,7 @@ def harmonize(loaded: LoadedCase, options: ConversionOptions) -> tuple[dict, dic
     if ct_view.dtype.kind == "f" and not np.all(np.isfinite(ct_view)):
         raise ConversionError("CT has non-finite (NaN/inf) voxels")
     src_min, src_max = float(ct_view.min()), float(ct_view.max())
+    source_values["ct"]["range_hu"] = [src_min, src_max]
     del ct_view
     if src_min > options.body_threshold_hu:  # judged on the source grid: resampling adds -1024 fill
         raise ConversionError(
@@ -417,11 +437,22 @@ def harmonize(loaded: LoadedCase, options: ConversionOptions) -> tuple[dict, dic
     voxel_ml = float(np.prod(images["pet"].GetSpacing())) / 1000.0
     label_info.update({"foreground_voxels": n_fg, "foreground_ml": round(n_fg * voxel_ml, 3)})
     facts["label"] = label_info
-    facts["pet_max"] = round(pet_max, 4)
-    facts["ct_range_hu"] = [ct_min, ct_max]
+    facts.update(written_image_stats(images["pet"], images["ct"]))
     facts["warnings"] = warnings
     facts.update(geometry_record(images["pet"]))
     return images, facts
+
+
+def written_image_stats(pet: Any, ct: Any) -> dict:
+    """Statistics of the images as written (after resampling and cropping), for the manifest:
+    ``pet_max``, ``pet_mean``, ``pet_min`` (float32 values as Python floats; mean in float64) and
+    ``ct_range_hu`` ([min, max]), ``ct_mean_hu`` of the CT channel."""
+    import SimpleITK as sitk
+
+    p = sitk.GetArrayViewFromImage(pet)
+    c = sitk.GetArrayViewFromImage(ct)
+    return {"pet_max": float(p.max()), "pet_mean": float(p.mean(dtype=np.float64)), "pet_min": float(p.min()),
+            "ct_range_hu": [int(c.min()), int(c.max())], "ct_mean_hu": float(c.mean(dtype=np.float64))}
 
 
 # ------------------------------------------------------------------------------------ one case

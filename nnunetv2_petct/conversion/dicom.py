@@ -1,14 +1,29 @@
-"""DICOM PET/CT studies: discovery by headers, loading CT (HU) and PET (SUVbw), minimal DICOM-SEG reader.
+"""DICOM PET/CT studies: discovery by headers, series selection, loading CT (HU) and PET (SUVbw),
+minimal DICOM-SEG reader.
 
 Pure library module (pydicom, numpy, SimpleITK; no nnunetv2 import).
 
-* :func:`find_dicom_studies` walks a folder, reads headers only (``stop_before_pixels``), groups
-  instances by StudyInstanceUID then SeriesInstanceUID and picks the CT (Modality CT) and PET
-  (Modality PT) series from the headers alone; file and folder names are never used. Series that
-  cannot be the volume we want are set aside with a reason (CT localizers, secondary captures and
-  reformats, PET without attenuation correction, series of fewer than ``MIN_SLICES`` slices). A study
-  with no usable CT/PT series, or more than one, gets a ``problems`` entry and no choice is made
-  (:meth:`DicomStudy.select` lets a caller choose).
+* :func:`scan_dicom_folder` (and its short form :func:`find_dicom_studies`) walks a folder, reads
+  headers only (``stop_before_pixels``), groups instances by StudyInstanceUID then SeriesInstanceUID
+  and chooses one CT (Modality CT) and one PET (Modality PT) series per study from the headers alone;
+  file and folder names are never used. Objects of other modalities (RTDOSE, RTPLAN, RTSTRUCT, SR, SEG,
+  KO, PR, MR, ...) are not images of a PET/CT volume: they are counted per kind
+  (:attr:`DicomStudy.other_objects`, :attr:`DicomScan.other_objects`) and otherwise ignored (DICOM-SEG
+  series are also kept in :attr:`DicomStudy.seg` for labeled layouts); a study holding no CT or PT
+  instance at all (e.g. an RT-only study of the same patient) is not a PET/CT study and is only
+  counted (:attr:`DicomScan.other_studies`).
+* Series selection (:data:`PET_SELECTION_RULE`, :data:`CT_SELECTION_RULE`) goes by what the data is,
+  not by its labels: a series *qualifies* when it is a single-frame CT/PET Image Storage volume of
+  axial slices that form one regular grid (and, for PET, is attenuation corrected); ORIGINAL/DERIVED
+  and PRIMARY/SECONDARY are not held against it. Localizers/scouts, projections, single images,
+  non-axial reformats and irregular stacks are set aside with the reason. When several series qualify
+  a documented ranking chooses (the PET first, then the CT by its overlap with that PET), and every
+  other series gets the reason it was not chosen (:attr:`DicomStudy.selection`, recorded in the
+  manifest). ``ct_series`` / ``pet_series`` (SeriesInstanceUID or SeriesDescription, wildcards
+  allowed; ``--ct-series`` / ``--pet-series`` on the command line) restrict the choice.
+* :meth:`DicomStudy.coverage` gives the axial (head-foot) extents of the chosen CT and PET in patient
+  coordinates, the overlap, and which parts of the PET have no CT (callers decide their policy: the
+  converter refuses a CT covering less than ``--min-overlap`` of the PET; the rest is filled with air).
 * :func:`load_dicom_study` builds SimpleITK images with the geometry of the headers
   (ImagePositionPatient, ImageOrientationPatient, PixelSpacing; slices sorted by their position along
   the slice normal): CT in HU (each slice's RescaleSlope/Intercept), PET in SUVbw
@@ -20,15 +35,16 @@ Pure library module (pydicom, numpy, SimpleITK; no nnunetv2 import).
 SimpleITK geometry: spacing/origin/size are (x, y, z); numpy arrays are (z, y, x). The direction
 matrix has the row direction (ImageOrientationPatient[0:3]), the column direction ([3:6]) and the
 slice normal (their cross product) as its columns; PixelSpacing is (row spacing = along y,
-column spacing = along x).
+column spacing = along x). Patient coordinates are DICOM's (LPS): +z points to the head (superior).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import math
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +66,34 @@ _FDG_CODES = {"C-B1031", "35321007"}
 _FDG_WORDS = ("FDG", "FLUORODEOXYGLUCOSE", "FLUDEOXYGLUCOSE", "DEOXYGLUCOSE", "DEOXY-GLUCOSE")
 # 18F radionuclide codes: SNOMED-RT "C-111A1", SNOMED CT 77004003.
 _F18_CODES = {"C-111A1", "77004003"}
-_EXCLUDED_IMAGE_TYPES = ("LOCALIZER", "SECONDARY", "PROJECTION IMAGE", "MIP", "SCREEN SAVE")
+# ImageType values that say the pixels are not a stack of density/activity slices (whatever
+# ORIGINAL/DERIVED, PRIMARY/SECONDARY say, which are not held against a series).
+_NOT_A_VOLUME_IMAGE_TYPES = ("LOCALIZER", "PROJECTION IMAGE", "MIP", "MINIP", "SCREEN SAVE",
+                             "VOLUME RENDERING", "VOLREND", "SURFACE RENDERING")
+# Tolerances of the ranking: overlaps/extents compared to 1 % of the PET's axial extent, slice
+# spacings to 0.01 mm, so rounding at the edges does not decide between two series.
+_RANK_FRACTION_STEP = 0.01
+_RANK_SPACING_STEP_MM = 0.01
+
+PET_SELECTION_RULE = (
+    "A PET series qualifies when it is PET Image Storage (single-frame), attenuation corrected (CorrectedImage "
+    "includes ATTN; SUV needs it), not a localizer/projection (ImageType LOCALIZER, PROJECTION IMAGE, MIP, "
+    "SCREEN SAVE), at least 3 slices forming one regular volume (one orientation, one pixel spacing and size, "
+    "uniform slice spacing without gaps or repeats, no gantry tilt) of axial slices (slice normal closest to "
+    "the patient's head-foot axis). ORIGINAL/DERIVED and PRIMARY/SECONDARY do not matter. Among qualifying "
+    "series (restricted to those matching --pet-series when given): (1) largest axial extent (to 1 %), "
+    "(2) earliest acquisition start (the first time point of a dual-time-point study), (3) finest voxels "
+    "(smallest voxel volume), (4) lowest SeriesInstanceUID."
+)
+CT_SELECTION_RULE = (
+    "A CT series qualifies when it is CT Image Storage (single-frame), not a localizer/scout or projection "
+    "(ImageType LOCALIZER, PROJECTION IMAGE, MIP, SCREEN SAVE), at least 3 slices forming one regular volume "
+    "(as for PET) of axial slices; ORIGINAL/DERIVED and PRIMARY/SECONDARY do not matter (merged and "
+    "attenuation-correction CTs are often DERIVED\\SECONDARY). Among qualifying series (restricted to those "
+    "matching --ct-series when given): (1) same FrameOfReferenceUID as the chosen PET, (2) largest axial "
+    "overlap with the chosen PET (to 1 % of the PET's extent), (3) finest slice spacing (to 0.01 mm), "
+    "(4) most slices, (5) lowest SeriesInstanceUID."
+)
 
 
 class DicomStudyError(ValueError):
@@ -80,8 +123,17 @@ class DicomSeries:
         sop_class_uid: SOPClassUID of the first instance.
         frame_of_reference_uid: FrameOfReferenceUID of the first instance ("" if absent).
         units: PET Units ("" for other modalities).
-        excluded: reason why this series is not a CT/PT candidate, None if it is one.
+        excluded: why this CT/PT series does not qualify (set aside), None if it qualifies.
         geometry_problem: why the slices do not form one regular volume, None if they do.
+        image_type: ImageType values (upper case).
+        corrected_image: CorrectedImage values (PET; upper case).
+        plane: "axial", "coronal" or "sagittal" (the patient axis closest to the slice normal), ""
+            when the geometry is unknown.
+        spacing_mm_zyx: (slice spacing, row spacing, column spacing) of a regular volume, else None.
+        z_range_mm: (lowest, highest) patient z (head-foot; +z = head) covered by the volume's voxels
+            (voxel edges), None without a regular geometry.
+        acquisition_start: earliest AcquisitionDate+Time of the instances (ISO), else SeriesDate+Time,
+            "" when neither parses.
     """
 
     series_uid: str
@@ -94,11 +146,44 @@ class DicomSeries:
     units: str = ""
     excluded: str | None = None
     geometry_problem: str | None = None
+    image_type: list[str] = field(default_factory=list)
+    corrected_image: list[str] = field(default_factory=list)
+    plane: str = ""
+    spacing_mm_zyx: tuple[float, float, float] | None = None
+    z_range_mm: tuple[float, float] | None = None
+    acquisition_start: str = ""
 
     def label(self) -> str:
         """Short human description used in messages."""
         desc = f" '{self.description}'" if self.description else ""
         return f"{self.modality} series {self.series_uid}{desc} ({len(self.files)} files)"
+
+    @property
+    def z_extent_mm(self) -> float:
+        """Axial extent (mm) of the volume; 0 when unknown."""
+        return 0.0 if self.z_range_mm is None else float(self.z_range_mm[1] - self.z_range_mm[0])
+
+    def facts(self) -> dict:
+        """JSON-serializable summary (what the manifest records for every CT/PT series)."""
+        d = {"series_uid": self.series_uid, "description": self.description, "n_slices": len(self.files),
+             "image_type": "\\".join(self.image_type), "sop_class_uid": self.sop_class_uid,
+             "plane": self.plane or None,
+             "spacing_mm_zyx": [round(s, 4) for s in self.spacing_mm_zyx] if self.spacing_mm_zyx else None,
+             "z_range_mm": [round(z, 2) for z in self.z_range_mm] if self.z_range_mm else None,
+             "frame_of_reference_uid": self.frame_of_reference_uid or None,
+             "acquisition_start": self.acquisition_start or None}
+        if self.modality == "PT":
+            d["corrected_image"] = "\\".join(self.corrected_image)
+            d["units"] = self.units
+        return d
+
+    def matches(self, spec: str) -> bool:
+        """Whether ``spec`` names this series: its SeriesInstanceUID, or its SeriesDescription
+        (case-insensitive, ``*``/``?`` wildcards allowed, surrounding spaces ignored)."""
+        spec = spec.strip()
+        if spec == self.series_uid:
+            return True
+        return fnmatch.fnmatchcase(self.description.strip().lower(), spec.lower())
 
 
 @dataclass
@@ -110,12 +195,16 @@ class DicomStudy:
         patient_id: PatientID ("" if absent).
         study_date: StudyDate as written (``YYYYMMDD``; "" if absent).
         root: deepest folder holding all of the study's files.
-        series: every series of the study.
-        ct, pt: the chosen CT and PET series (None unless exactly one usable candidate each).
+        series: every series of the study (CT/PT ones, and the others).
+        ct, pt: the chosen CT and PET series (None when no series qualifies or the choice failed).
         seg: DICOM-SEG series of the study.
         problems: why the study cannot be converted as it is (empty when ``ct`` and ``pt`` are set and
             their geometry is usable).
-        notes: series set aside and why (informative).
+        notes: series set aside and why, and how the choice was made (informative).
+        other_objects: instances that are not CT/PT images, by kind (Modality, else the SOP class
+            name), e.g. ``{"RTSTRUCT": 1, "SEG": 1}``; they are ignored for the volumes.
+        selection: how the CT and PET were chosen (JSON-serializable; see :meth:`selection_record`).
+        ct_series_spec, pet_series_spec: the ``ct_series`` / ``pet_series`` choices applied, if any.
     """
 
     study_uid: str
@@ -128,6 +217,10 @@ class DicomStudy:
     seg: list[DicomSeries] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    other_objects: dict[str, int] = field(default_factory=dict)
+    selection: dict = field(default_factory=dict)
+    ct_series_spec: str | None = None
+    pet_series_spec: str | None = None
 
     @property
     def seg_paths(self) -> list[Path]:
@@ -139,12 +232,12 @@ class DicomStudy:
         return not self.problems and self.ct is not None and self.pt is not None
 
     def candidates(self, modality: str) -> list[DicomSeries]:
-        """Usable series of a modality ("CT" or "PT")."""
+        """Qualifying series of a modality ("CT" or "PT"), whatever ``ct_series``/``pet_series`` say."""
         return [s for s in self.series if s.modality == modality and s.excluded is None]
 
     def select(self, ct_series_uid: str | None = None, pt_series_uid: str | None = None) -> None:
-        """Choose the CT and/or PET series by SeriesInstanceUID (resolves an ambiguous study) and
-        recompute ``problems``.
+        """Choose the CT and/or PET series by SeriesInstanceUID (overrides the automatic choice, even
+        of a series that was set aside) and recompute ``problems``.
 
         Raises:
             KeyError: no series of that modality with that UID in the study.
@@ -156,30 +249,116 @@ class DicomStudy:
             if not match:
                 raise KeyError(f"no {mod} series {uid} in study {self.study_uid}")
             setattr(self, "ct" if mod == "CT" else "pt", match[0])
-        self._update_problems(auto_select=False)
-
-    def _update_problems(self, auto_select: bool = True) -> None:
+            rec = self.selection.setdefault(mod, {"series": [s.facts() for s in self.series if s.modality == mod]})
+            rec["chosen"] = uid
+            rec["how"] = "chosen by the caller (DicomStudy.select)"
+            for item in rec.get("series", []):
+                if item["series_uid"] == uid:
+                    item.update(status="chosen", reason="chosen by the caller")
+                elif item.get("status") == "chosen":
+                    item.update(status="not chosen", reason="the caller chose another series")
         self.problems = []
-        for mod, attr, name in (("CT", "ct", "CT"), ("PT", "pt", "PET (PT)")):
-            if auto_select:
-                cands = self.candidates(mod)
-                setattr(self, attr, cands[0] if len(cands) == 1 else None)
-                if not cands:
-                    set_aside = [s.label() + f": {s.excluded}" for s in self.series
-                                 if s.modality == mod and s.excluded]
-                    extra = f" (set aside: {'; '.join(set_aside)})" if set_aside else ""
-                    self.problems.append(f"no usable {name} series{extra}")
-                elif len(cands) > 1:
-                    self.problems.append(
-                        f"{len(cands)} usable {name} series, expected one: "
-                        + "; ".join(s.label() for s in cands)
-                        + " (choose with DicomStudy.select)"
-                    )
+        for attr, name in (("ct", "CT"), ("pt", "PET (PT)")):
             chosen = getattr(self, attr)
-            if not auto_select and chosen is None:
+            if chosen is None:
                 self.problems.append(f"no {name} series chosen (DicomStudy.select)")
-            if chosen is not None and chosen.geometry_problem:
+            elif chosen.geometry_problem:
                 self.problems.append(f"{chosen.label()}: {chosen.geometry_problem}")
+
+    def coverage(self) -> dict | None:
+        """Axial (head-foot) coverage of the chosen PET by the chosen CT, from the headers.
+
+        Returns:
+            None unless both series are chosen with a regular geometry; else a dict:
+            ``pet_z_range_mm`` and ``ct_z_range_mm`` ([lowest, highest] patient z of the voxel edges;
+            +z = head), ``overlap_mm``, ``ct_fraction_of_pet_z`` (overlap / PET extent, 0..1, the
+            figure ``--min-overlap`` is held against) and ``pet_without_ct``: the parts of the PET's
+            axial extent with no CT, each ``{"from_mm", "to_mm", "length_mm", "side"}`` with side
+            ``"inferior"`` (feet side of the CT) or ``"superior"`` (head side).
+        """
+        if self.ct is None or self.pt is None or self.ct.z_range_mm is None or self.pt.z_range_mm is None:
+            return None
+        return axial_coverage(self.pt.z_range_mm, self.ct.z_range_mm)
+
+    def selection_record(self) -> dict:
+        """What the manifest records: the rules, and per modality the chosen series, how it was chosen
+        and every series of that modality with its status and reason."""
+        return {"rules": {"PT": PET_SELECTION_RULE, "CT": CT_SELECTION_RULE},
+                **{k: v for k, v in self.selection.items() if k in ("PT", "CT")}}
+
+
+@dataclass
+class DicomScan:
+    """Everything :func:`scan_dicom_folder` found under one folder.
+
+    Attributes:
+        root: the folder walked.
+        studies: PET/CT studies (those with at least one CT or PT instance), sorted as
+            :func:`find_dicom_studies` returns them.
+        n_files: regular files looked at.
+        n_not_dicom: files that are not readable DICOM (or lack Study/SeriesInstanceUID); DICOMDIR
+            files are not counted.
+        other_studies: studies without any CT/PT instance (e.g. RT objects of the same patient in
+            another study folder), each ``{"study_uid", "patient_id", "root", "objects": {kind: n}}``.
+    """
+
+    root: Path
+    studies: list[DicomStudy] = field(default_factory=list)
+    n_files: int = 0
+    n_not_dicom: int = 0
+    other_studies: list[dict] = field(default_factory=list)
+
+    @property
+    def other_objects(self) -> dict[str, int]:
+        """Every instance that is not a CT/PT image, by kind, over the PET/CT studies and the other
+        studies together."""
+        total: Counter = Counter()
+        for st in self.studies:
+            total.update(st.other_objects)
+        for o in self.other_studies:
+            total.update(o["objects"])
+        return dict(sorted(total.items()))
+
+    def summary(self, used_kinds: Iterable[str] = ()) -> list[str]:
+        """One line each for what was ignored: objects that are not CT/PT images (leaving out
+        ``used_kinds``, e.g. ``("SEG",)`` where DICOM-SEG labels are used), studies without CT/PT
+        images, and non-DICOM files. Empty when nothing was ignored."""
+        used = {k.upper() for k in used_kinds}
+        counts = {k: n for k, n in self.other_objects.items() if k.upper() not in used}
+        lines = []
+        if counts:
+            what = ", ".join(f"{n} {k}" for k, n in counts.items())
+            lines.append(f"ignored {sum(counts.values())} DICOM object(s) that are not CT/PET images: {what}")
+        if self.other_studies:
+            lines.append(f"{len(self.other_studies)} study(ies) without CT/PET images ignored (e.g. study "
+                         f"{self.other_studies[0]['study_uid']} of patient '{self.other_studies[0]['patient_id']}' "
+                         f"in {self.other_studies[0]['root']})")
+        if self.n_not_dicom:
+            lines.append(f"{self.n_not_dicom} file(s) that are not DICOM ignored")
+        return lines
+
+
+def axial_coverage(pet_z_range_mm: Sequence[float], ct_z_range_mm: Sequence[float]) -> dict:
+    """How much of the PET's axial extent the CT covers (see :meth:`DicomStudy.coverage`).
+
+    Both ranges are ``(lowest, highest)`` patient z in mm; an empty PET range gives fraction 0.
+    """
+    p_lo, p_hi = float(pet_z_range_mm[0]), float(pet_z_range_mm[1])
+    c_lo, c_hi = float(ct_z_range_mm[0]), float(ct_z_range_mm[1])
+    overlap = max(0.0, min(p_hi, c_hi) - max(p_lo, c_lo))
+    extent = p_hi - p_lo
+    gaps = []
+    if c_lo > p_lo:
+        hi = min(c_lo, p_hi)
+        gaps.append({"from_mm": round(p_lo, 2), "to_mm": round(hi, 2), "length_mm": round(hi - p_lo, 2),
+                     "side": "inferior"})
+    if c_hi < p_hi:
+        lo = max(c_hi, p_lo)
+        gaps.append({"from_mm": round(lo, 2), "to_mm": round(p_hi, 2), "length_mm": round(p_hi - lo, 2),
+                     "side": "superior"})
+    return {"pet_z_range_mm": [round(p_lo, 2), round(p_hi, 2)], "ct_z_range_mm": [round(c_lo, 2), round(c_hi, 2)],
+            "overlap_mm": round(overlap, 2), "ct_fraction_of_pet_z": round(overlap / extent, 4) if extent > 0 else 0.0,
+            "pet_without_ct": gaps}
 
 
 # --------------------------------------------------------------------------------------------
@@ -318,21 +497,6 @@ def _multi_str(ds: Any, keyword: str) -> list[str]:
     return [str(p).strip().upper() for p in v]
 
 
-def _exclusion_reason(modality: str, first: Any, n_files: int) -> str | None:
-    """Why a CT/PT series cannot be the study's CT/PET volume (None if it can)."""
-    image_type = _multi_str(first, "ImageType")
-    bad = [t for t in _EXCLUDED_IMAGE_TYPES if t in image_type]
-    if bad:
-        return f"ImageType {'/'.join(image_type)} marks a {bad[0].lower()} image"
-    sop = _str(first, "SOPClassUID")
-    expected = CT_IMAGE_STORAGE if modality == "CT" else PET_IMAGE_STORAGE
-    if sop and sop != expected:
-        return f"SOPClassUID {sop} is not the single-frame {modality} image storage class"
-    if modality == "PT" and "ATTN" not in _multi_str(first, "CorrectedImage"):
-        return "CorrectedImage lacks ATTN (non-attenuation-corrected PET)"
-    if n_files < MIN_SLICES:
-        return f"only {n_files} slice(s)"
-    return None
 
 
 def _common_root(paths: Iterable[Path]) -> Path | None:
@@ -345,27 +509,270 @@ def _common_root(paths: Iterable[Path]) -> Path | None:
         return None
 
 
+
+
+def _sop_name(uid: str) -> str:
+    try:
+        from pydicom.uid import UID
+
+        name = UID(uid).name
+    except Exception:  # noqa: BLE001 - an odd UID string must not stop discovery
+        name = uid
+    return f"{name} ({uid})" if name and name != uid else uid
+
+
+def _object_kind(ds: Any) -> str:
+    """Kind of a non-CT/PT instance for the counts: its Modality, else its SOP class name."""
+    modality = _str(ds, "Modality").upper()
+    if modality:
+        return modality
+    sop = _str(ds, "SOPClassUID") or _str(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID")
+    if not sop:
+        return "unknown"
+    try:
+        from pydicom.uid import UID
+
+        return UID(sop).name or sop
+    except Exception:  # noqa: BLE001
+        return sop
+
+
+def _plane(normal: np.ndarray) -> str:
+    """Name of the slice plane from its normal: the patient axis closest to it (x: sagittal,
+    y: coronal, z: axial)."""
+    return ("sagittal", "coronal", "axial")[int(np.argmax(np.abs(normal)))]
+
+
+def _z_range_mm(geom: SliceGeometry) -> tuple[float, float]:
+    """(lowest, highest) patient z of the volume's box (voxel edges: index -0.5 .. size - 0.5)."""
+    d = np.asarray(geom.direction, dtype=np.float64).reshape(3, 3)
+    sp = np.asarray(geom.spacing_xyz, dtype=np.float64)
+    o = np.asarray(geom.origin_xyz, dtype=np.float64)
+    zs = []
+    for cx in (-0.5, geom.size_xyz[0] - 0.5):
+        for cy in (-0.5, geom.size_xyz[1] - 0.5):
+            for cz in (-0.5, geom.size_xyz[2] - 0.5):
+                zs.append(float((o + d @ (np.array([cx, cy, cz]) * sp))[2]))
+    return min(zs), max(zs)
+
+
+def _acquisition_start(headers: Sequence[Any]) -> str:
+    """Earliest AcquisitionDate/Time (date defaults to SeriesDate), else SeriesDate/Time; ISO or ""."""
+    from nnunetv2_petct.conversion.suv import combine_date_time
+
+    times = []
+    for h in headers:
+        d, t = _str(h, "AcquisitionDate") or _str(h, "SeriesDate"), _str(h, "AcquisitionTime")
+        if d and t:
+            try:
+                times.append(combine_date_time(d, t))
+            except ValueError:
+                pass
+    if not times and headers:
+        try:
+            times.append(combine_date_time(_str(headers[0], "SeriesDate"), _str(headers[0], "SeriesTime")))
+        except ValueError:
+            pass
+    return min(times).isoformat() if times else ""
+
+
+def _describe_series(series: DicomSeries, headers: Sequence[Any]) -> list[int] | None:
+    """Fill the header facts of a CT/PT series (geometry, plane, extent, ImageType, ...) and decide
+    whether it qualifies (``series.excluded``). Returns the slice order when the geometry is regular."""
+    first = headers[0]
+    series.image_type = _multi_str(first, "ImageType")
+    series.corrected_image = _multi_str(first, "CorrectedImage")
+    series.acquisition_start = _acquisition_start(headers)
+    order = None
+    try:
+        geom = slice_geometry(headers)
+    except DicomStudyError as exc:
+        series.geometry_problem = str(exc)
+        iop = _floats(first, "ImageOrientationPatient")
+        if iop is not None and len(iop) == 6:
+            series.plane = _plane(np.cross(np.asarray(iop[:3]), np.asarray(iop[3:])))
+    else:
+        order = geom.order
+        normal = np.asarray(geom.direction).reshape(3, 3)[:, 2]
+        series.plane = _plane(normal)
+        series.spacing_mm_zyx = (geom.spacing_xyz[2], geom.spacing_xyz[1], geom.spacing_xyz[0])
+        series.z_range_mm = _z_range_mm(geom)
+    series.excluded = _set_aside_reason(series, len(headers))
+    return order
+
+
+def _set_aside_reason(s: DicomSeries, n_files: int) -> str | None:
+    """Why a CT/PT series cannot be the study's CT/PET volume (None if it qualifies): by what the data
+    is, never by ORIGINAL/DERIVED or PRIMARY/SECONDARY."""
+    expected = CT_IMAGE_STORAGE if s.modality == "CT" else PET_IMAGE_STORAGE
+    kind = "CT" if s.modality == "CT" else "PET"
+    if s.sop_class_uid and s.sop_class_uid != expected:
+        return f"SOP class {_sop_name(s.sop_class_uid)} is not single-frame {kind} Image Storage"
+    bad = [t for t in _NOT_A_VOLUME_IMAGE_TYPES if t in s.image_type]
+    if bad:
+        what = "a localizer/scout" if bad[0] == "LOCALIZER" else f"a {bad[0].lower()} image"
+        return f"ImageType {'/'.join(s.image_type)} marks {what}, not a volume of slices"
+    if s.modality == "PT" and "ATTN" not in s.corrected_image:
+        return (f"not attenuation corrected (CorrectedImage {'/'.join(s.corrected_image) or 'missing'} lacks "
+                "ATTN): no SUV")
+    if n_files < MIN_SLICES:
+        return f"only {n_files} slice(s): a localizer/scout or single image, not a volume"
+    if s.geometry_problem:
+        return f"not one regular volume: {s.geometry_problem}"
+    if s.plane and s.plane != "axial":
+        return f"{s.plane} slices: a non-axial reformat"
+    return None
+
+
+def _voxel_mm3(s: DicomSeries) -> float:
+    return float(np.prod(s.spacing_mm_zyx)) if s.spacing_mm_zyx else math.inf
+
+
+def _q(x: float, step: float) -> int:
+    return int(round(x / step))
+
+
+def _rank_criteria(modality: str, pool: Sequence[DicomSeries], pet: DicomSeries | None) -> list[tuple]:
+    """(key function, explanation(other, chosen)) per ranking criterion, in order; a smaller key wins."""
+    if modality == "PT":
+        max_ext = max((s.z_extent_mm for s in pool), default=0.0) or 1.0
+        return [
+            (lambda s: -_q(s.z_extent_mm / max_ext, _RANK_FRACTION_STEP),
+             lambda o, c: f"smaller axial extent ({o.z_extent_mm:.1f} mm; the chosen series {c.z_extent_mm:.1f} mm)"),
+            (lambda s: s.acquisition_start or "~",
+             lambda o, c: f"acquired later ({o.acquisition_start or 'unknown'}; the chosen series "
+                          f"{c.acquisition_start})"),
+            (lambda s: round(_voxel_mm3(s), 3),
+             lambda o, c: f"coarser voxels ({_voxel_mm3(o):.3g} mm3; the chosen series {_voxel_mm3(c):.3g} mm3)"),
+            (lambda s: s.series_uid,
+             lambda o, c: "ranks equal to the chosen series, whose SeriesInstanceUID sorts first"),
+        ]
+
+    def overlap(s: DicomSeries) -> float:
+        if pet is None or pet.z_range_mm is None or s.z_range_mm is None:
+            return 0.0
+        return axial_coverage(pet.z_range_mm, s.z_range_mm)["ct_fraction_of_pet_z"]
+
+    def same_for(s: DicomSeries) -> int:
+        return 0 if pet is None or (s.frame_of_reference_uid and s.frame_of_reference_uid == pet.frame_of_reference_uid) else 1
+
+    def dz(s: DicomSeries) -> float:
+        return s.spacing_mm_zyx[0] if s.spacing_mm_zyx else math.inf
+
+    return [
+        (same_for, lambda o, c: "its FrameOfReferenceUID differs from the PET's (the chosen series shares it)"),
+        (lambda s: -_q(overlap(s), _RANK_FRACTION_STEP),
+         lambda o, c: f"covers {100 * overlap(o):.1f} % of the PET's axial extent (the chosen series "
+                      f"{100 * overlap(c):.1f} %)"),
+        (lambda s: _q(dz(s), _RANK_SPACING_STEP_MM) if math.isfinite(dz(s)) else 10**9,
+         lambda o, c: f"thicker slice spacing ({dz(o):g} mm; the chosen series {dz(c):g} mm)"),
+        (lambda s: -len(s.files), lambda o, c: f"fewer slices ({len(o.files)}; the chosen series {len(c.files)})"),
+        (lambda s: s.series_uid, lambda o, c: "ranks equal to the chosen series, whose SeriesInstanceUID sorts first"),
+    ]
+
+
+def _choose_series(study: DicomStudy, modality: str, spec: str | None, pet: DicomSeries | None
+                   ) -> DicomSeries | None:
+    """Choose the study's series of ``modality`` (see the module's selection rules), record how in
+    ``study.selection[modality]`` and add problems/notes. Returns the chosen series or None."""
+    name, flag = ("CT", "--ct-series") if modality == "CT" else ("PET (PT)", "--pet-series")
+    series = [s for s in study.series if s.modality == modality]
+    items = {s.series_uid: {**s.facts(), "status": "set aside", "reason": s.excluded} for s in series}
+    record: dict = {"chosen": None, "how": None, "series": list(items.values())}
+    study.selection[modality] = record
+    for s in series:
+        if s.excluded:
+            study.notes.append(f"set aside {s.label()}: {s.excluded}")
+    qualified = [s for s in series if s.excluded is None]
+    pool = qualified
+    if spec:
+        record["requested"] = spec
+        matching = [s for s in series if s.matches(spec)]
+        pool = [s for s in matching if s.excluded is None]
+        for s in qualified:
+            if s not in pool:
+                items[s.series_uid].update(status="not chosen", reason=f"does not match {flag} '{spec}'")
+        if not matching:
+            have = "; ".join(s.label() for s in series) or "none"
+            study.problems.append(f"no {name} series matches {flag} '{spec}' (SeriesInstanceUID or "
+                                  f"SeriesDescription; the study's {name} series: {have})")
+            return None
+        if not pool:
+            study.problems.append(f"{flag} '{spec}' matches only {name} series that were set aside: "
+                                  + "; ".join(f"{s.label()}: {s.excluded}" for s in matching))
+            return None
+    elif not qualified:
+        set_aside = [f"{s.label()}: {s.excluded}" for s in series]
+        extra = f" (set aside: {'; '.join(set_aside)})" if set_aside else ""
+        study.problems.append(f"no usable {name} series{extra}")
+        return None
+    criteria = _rank_criteria(modality, pool, pet)
+    ranked = sorted(pool, key=lambda s: tuple(k(s) for k, _ in criteria))
+    chosen = ranked[0]
+    for other in ranked[1:]:
+        why = next(explain(other, chosen) for key, explain in criteria if key(other) != key(chosen))
+        items[other.series_uid].update(status="not chosen", reason=f"qualifies, ranked below the chosen series: {why}")
+    if spec:
+        how = f"matches {flag} '{spec}'" + (f"; first of {len(pool)} matching series by the ranking rule"
+                                             if len(pool) > 1 else "")
+    elif len(pool) == 1:
+        how = "the only qualifying series"
+    else:
+        how = f"first of {len(pool)} qualifying series by the ranking rule ({flag} chooses another)"
+        study.notes.append(f"{len(pool)} {name} series qualify; chose {chosen.label()} by the ranking rule "
+                           f"(pass {flag} with a SeriesInstanceUID or SeriesDescription to choose another)")
+    items[chosen.series_uid].update(status="chosen", reason=how)
+    record.update(chosen=chosen.series_uid, how=how)
+    return chosen
+
+
+def _select_series(study: DicomStudy) -> None:
+    """(Re)choose the PET, then the CT (ranked by its overlap with that PET), from scratch."""
+    study.problems, study.selection = [], {}
+    study.notes = [n for n in study.notes if not n.startswith("set aside ") and " qualify; chose " not in n]
+    study.pt = _choose_series(study, "PT", study.pet_series_spec, None)
+    study.ct = _choose_series(study, "CT", study.ct_series_spec, study.pt)
+
+
+def choose_series(study: DicomStudy, ct_series: str | None = None, pet_series: str | None = None) -> DicomStudy:
+    """Re-choose a study's CT and PET restricted to series matching ``ct_series`` / ``pet_series``
+    (SeriesInstanceUID or SeriesDescription, case-insensitive, ``*``/``?`` wildcards; None: any
+    qualifying series); the ranking rule decides between several matches. Updates ``ct``, ``pt``,
+    ``problems``, ``notes`` and ``selection`` in place and returns the study.
+
+    A spec that matches no series of the study, or only series set aside (e.g. a localizer or a
+    non-attenuation-corrected PET), is a problem of the study (named in ``problems``).
+    """
+    study.ct_series_spec, study.pet_series_spec = ct_series or None, pet_series or None
+    _select_series(study)
+    return study
+
+
 # --------------------------------------------------------------------------------------------
 # discovery
 # --------------------------------------------------------------------------------------------
 
 
-def find_dicom_studies(root: Path, progress: bool = False) -> list[DicomStudy]:
-    """Find the PET/CT studies under ``root`` from the DICOM headers alone.
+def scan_dicom_folder(root: Path, progress: bool = False, *, ct_series: str | None = None,
+                      pet_series: str | None = None) -> DicomScan:
+    """Find the PET/CT studies under ``root`` from the DICOM headers alone, and count what was ignored.
 
     Every regular file under ``root`` (recursively, hidden files included, any name or extension) is
     tried as DICOM with ``stop_before_pixels``; non-DICOM files and DICOMDIR files are skipped.
-    Instances are grouped by StudyInstanceUID, then SeriesInstanceUID.
+    Instances are grouped by StudyInstanceUID, then SeriesInstanceUID. Series of Modality CT/PT are
+    described and ranked (module docstring, :data:`CT_SELECTION_RULE`, :data:`PET_SELECTION_RULE`);
+    every other instance (RTDOSE, RTPLAN, RTSTRUCT, SR, SEG, KO, PR, ...) is counted by kind.
 
     Args:
         root: folder to walk.
         progress: show a tqdm progress bar over files.
+        ct_series, pet_series: restrict each study's choice to series matching this SeriesInstanceUID
+            or SeriesDescription (see :func:`choose_series`).
 
     Returns:
-        Studies sorted by (PatientID, StudyDate, StudyInstanceUID). Each has ``ct``/``pt`` set when
-        exactly one usable series of the modality exists and ``problems`` listing why not otherwise
-        (also: slices that do not form one regular volume). Studies without any CT or PT series at
-        all (e.g. only a SEG) are returned too, with problems.
+        A :class:`DicomScan`; its ``studies`` are those with at least one CT or PT instance, sorted by
+        (PatientID, StudyDate, StudyInstanceUID); each has ``ct``/``pt`` chosen where a series
+        qualifies and ``problems`` saying why not otherwise.
 
     Raises:
         FileNotFoundError: ``root`` is not a folder.
@@ -374,17 +781,17 @@ def find_dicom_studies(root: Path, progress: bool = False) -> list[DicomStudy]:
     if not root.is_dir():
         raise FileNotFoundError(f"not a folder: {root}")
     files = sorted(p for p in root.rglob("*") if p.is_file())
+    scan = DicomScan(root=root, n_files=len(files))
     if progress:
         from tqdm import tqdm
 
         files = tqdm(files, desc="reading DICOM headers", unit="file")
     # study -> series -> [(path, header)]
     studies: dict[str, dict[str, list[tuple[Path, Any]]]] = defaultdict(lambda: defaultdict(list))
-    n_skipped = 0
     for path in files:
         ds = _read_header(path)
         if ds is None:
-            n_skipped += 1
+            scan.n_not_dicom += 1
             continue
         sop = _str(ds, "SOPClassUID") or _str(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID")
         if sop == MEDIA_DIRECTORY_STORAGE:
@@ -392,20 +799,21 @@ def find_dicom_studies(root: Path, progress: bool = False) -> list[DicomStudy]:
         st, se = _str(ds, "StudyInstanceUID"), _str(ds, "SeriesInstanceUID")
         if not st or not se:
             logger.debug("%s has no Study/SeriesInstanceUID; skipped", path)
-            n_skipped += 1
+            scan.n_not_dicom += 1
             continue
         studies[st][se].append((path, ds))
-    if n_skipped:
-        logger.info("find_dicom_studies: %d file(s) under %s skipped (not DICOM images)", n_skipped, root)
+    if scan.n_not_dicom:
+        logger.info("scan_dicom_folder: %d file(s) under %s skipped (not DICOM)", scan.n_not_dicom, root)
 
-    out: list[DicomStudy] = []
     for study_uid, series_map in studies.items():
         first_any = next(iter(series_map.values()))[0][1]
         study = DicomStudy(
             study_uid=study_uid, patient_id=_str(first_any, "PatientID"),
             study_date=_str(first_any, "StudyDate"),
             root=_common_root(p for items in series_map.values() for p, _ in items),
+            ct_series_spec=ct_series or None, pet_series_spec=pet_series or None,
         )
+        other: Counter = Counter()
         for series_uid, items in series_map.items():
             first = items[0][1]
             modality = _str(first, "Modality").upper()
@@ -416,24 +824,43 @@ def find_dicom_studies(root: Path, progress: bool = False) -> list[DicomStudy]:
                 frame_of_reference_uid=_str(first, "FrameOfReferenceUID"), units=_str(first, "Units").upper(),
             )
             if modality in ("CT", "PT"):
-                s.excluded = _exclusion_reason(modality, first, len(items))
-                headers = [h for _, h in items]
-                try:
-                    geom = slice_geometry(headers)
-                    s.files = [items[i][0] for i in geom.order]
-                except DicomStudyError as exc:
-                    s.geometry_problem = str(exc)
+                order = _describe_series(s, [h for _, h in items])
+                if order is not None:
+                    s.files = [items[i][0] for i in order]
+                else:
                     s.files = [p for p, _ in sorted(items, key=lambda it: int(it[1].get("InstanceNumber") or 0))]
-                if s.excluded:
-                    study.notes.append(f"set aside {s.label()}: {s.excluded}")
-            elif modality == "SEG":
-                study.seg.append(s)
+            else:
+                for _, h in items:
+                    other[_object_kind(h)] += 1
+                if modality == "SEG":
+                    study.seg.append(s)
             study.series.append(s)
+        study.other_objects = dict(sorted(other.items()))
+        if not any(s.modality in ("CT", "PT") for s in study.series):
+            scan.other_studies.append({"study_uid": study_uid, "patient_id": study.patient_id,
+                                       "root": str(study.root), "objects": study.other_objects})
+            continue
         study.series.sort(key=lambda s: (s.modality, s.description, s.series_uid))
-        study._update_problems()
-        out.append(study)
-    out.sort(key=lambda s: (s.patient_id, s.study_date, s.study_uid))
-    return out
+        _select_series(study)
+        scan.studies.append(study)
+    scan.studies.sort(key=lambda s: (s.patient_id, s.study_date, s.study_uid))
+    scan.other_studies.sort(key=lambda o: (o["patient_id"], o["study_uid"]))
+    return scan
+
+
+def find_dicom_studies(root: Path, progress: bool = False, *, ct_series: str | None = None,
+                       pet_series: str | None = None) -> list[DicomStudy]:
+    """The PET/CT studies under ``root`` (:func:`scan_dicom_folder`'s ``studies``).
+
+    Studies with at least one CT or PT instance are returned, each with its chosen ``ct``/``pt``
+    (None where nothing qualifies, with ``problems`` saying why). Studies made only of other objects
+    (RT objects, SR, a lone SEG, ...) are not PET/CT studies and are left out; use
+    :func:`scan_dicom_folder` to see them counted.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder.
+    """
+    return scan_dicom_folder(root, progress, ct_series=ct_series, pet_series=pet_series).studies
 
 
 # --------------------------------------------------------------------------------------------
@@ -594,10 +1021,15 @@ def load_dicom_study(study: DicomStudy, allow_non_fdg: bool = False, assume_fdg_
         ``(ct, pet, meta)``: CT in HU on its own grid (int16 or float32), PET in SUVbw (float32), and
         a JSON-serializable dict: ``vendor``, ``units``, ``tracer``, ``tracer_info``, ``suv`` (the
         factor, the times used and their sources: ``SUVComputation.to_dict``), series UIDs, slice
-        counts, spacings (z, y, x), ``frame_of_reference_match``, ``assumptions`` and ``warnings``.
+        counts, spacings (z, y, x), ``frame_of_reference_match``, ``series_selection`` (rules, chosen
+        series, every CT/PT series with its status and reason: :meth:`DicomStudy.selection_record`),
+        ``coverage`` (axial extents, overlap and the PET parts without CT: :meth:`DicomStudy.coverage`),
+        ``other_objects`` (non-CT/PT instances of the study by kind), ``assumptions`` and ``warnings``.
+        The CT is returned whatever its coverage; callers apply their own policy (the converter refuses
+        less than ``min_overlap_fraction``, the rest of the PET gets air, -1024 HU).
 
     Raises:
-        DicomStudyError: the study has problems (no/ambiguous CT or PT, irregular slices), unreadable
+        DicomStudyError: the study has problems (no usable CT or PT, irregular slices), unreadable
             pixels, or SUV cannot be computed (message names the tag); NonFDGTracerError as above.
     """
     if study.problems:
@@ -643,6 +1075,12 @@ def load_dicom_study(study: DicomStudy, allow_non_fdg: bool = False, assume_fdg_
     assumptions += [f"SUV: {n}" for n in pet_facts["suv"].get("notes", [])]
     for_match = (study.ct.frame_of_reference_uid == study.pt.frame_of_reference_uid
                  and bool(study.ct.frame_of_reference_uid))
+    for mod, name, flag in (("PT", "PET", "--pet-series"), ("CT", "CT", "--ct-series")):
+        rec = study.selection.get(mod, {})
+        if rec.get("how", "").startswith("first of"):
+            others = [s["series_uid"] for s in rec.get("series", []) if s.get("status") == "not chosen"]
+            warnings.append(f"{len(others) + 1} {name} series qualify; {rec['chosen']} was chosen by the ranking "
+                            f"rule (series_selection says why the others were not); {flag} chooses another")
     if not for_match:
         warnings.append("CT and PT have different (or missing) FrameOfReferenceUID; their header geometry "
                         "is assumed to share one patient coordinate system")
@@ -658,6 +1096,8 @@ def load_dicom_study(study: DicomStudy, allow_non_fdg: bool = False, assume_fdg_
         "pet_spacing_mm": [float(s) for s in reversed(pet.GetSpacing())],
         "ct_hu_range": [ct_facts["hu_min"], ct_facts["hu_max"]],
         "frame_of_reference_match": for_match,
+        "series_selection": study.selection_record(), "coverage": study.coverage(),
+        "other_objects": dict(study.other_objects),
         "assumptions": assumptions, "warnings": warnings,
     }
     return ct, pet, meta

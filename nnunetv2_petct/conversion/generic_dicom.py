@@ -44,23 +44,35 @@ def load_dicom_case(study, allow_non_fdg: bool = False) -> LoadedCase:
 
 
 def discover_dicom_cases(source: Path, cohort: str, identify: Callable[[Any], tuple[str, str, dict]],
-                         load: Callable[..., LoadedCase], load_args: tuple = (), labeled: bool = False
-                         ) -> Discovery:
-    """Every DICOM PET/CT study under ``source`` (:func:`~nnunetv2_petct.conversion.dicom.find_dicom_studies`)
+                         load: Callable[..., LoadedCase], load_args: tuple = (), labeled: bool = False, *,
+                         ct_series: str | None = None, pet_series: str | None = None) -> Discovery:
+    """Every DICOM PET/CT study under ``source`` (:func:`~nnunetv2_petct.conversion.dicom.scan_dicom_folder`)
     as a :class:`CaseSource` of ``cohort``.
 
     ``identify(study)`` gives ``(case id, patient id, info)``; a case id met before gets ``_2``, ``_3``, ...
     Each source loads with ``load(study, *load_args)`` (module-level ``load``: picklable).
+    ``ct_series`` / ``pet_series`` (``--ct-series`` / ``--pet-series``): choose, in every study, among the
+    series matching this SeriesInstanceUID or SeriesDescription (wildcards allowed). What the scan ignored
+    (objects that are not CT/PET images such as RTDOSE/RTPLAN/RTSTRUCT/SR/KO/PR, and DICOM-SEG when the
+    cohort is unlabeled; studies without CT/PET images; non-DICOM files) is counted in ``Discovery.notes``.
 
     Raises:
         LayoutError: no DICOM PET/CT study under ``source`` (the message lists what is there).
     """
-    from nnunetv2_petct.conversion.dicom import find_dicom_studies
+    from nnunetv2_petct.conversion.dicom import scan_dicom_folder
 
     root = Path(source)
-    studies = find_dicom_studies(root)
+    scan = scan_dicom_folder(root, ct_series=ct_series, pet_series=pet_series)
+    notes = scan.summary(used_kinds=("SEG",) if labeled else ())
+    studies = scan.studies
     if not studies:
-        raise LayoutError(f"no DICOM PET/CT study under {root}. Found: {describe_tree(root)}")
+        ignored = f" ({'; '.join(notes)})" if notes else ""
+        raise LayoutError(f"no DICOM PET/CT study under {root}{ignored}. Found: {describe_tree(root)}")
+    set_aside = sum(1 for st in studies for s in st.series if s.modality in ("CT", "PT") and s.excluded)
+    if set_aside:
+        notes.append(f"{set_aside} CT/PET series set aside (localizers, reformats, non-attenuation-corrected PET, "
+                     "irregular stacks, ...): each case's manifest record says which and why "
+                     "(extra.dicom.series_selection)")
     sources, used = [], set()
     for st in studies:
         case_id, patient_id, info = identify(st)
@@ -68,7 +80,7 @@ def discover_dicom_cases(source: Path, cohort: str, identify: Callable[[Any], tu
             case_id=unique_case_id(case_id, used), patient_id=patient_id, cohort=cohort,
             source_path=str(st.root or root), load=partial(load, st, *load_args), info=info,
         ))
-    return Discovery(sources=sources, labeled=labeled, pet_units="SUVbw")
+    return Discovery(sources=sources, labeled=labeled, pet_units="SUVbw", notes=notes)
 
 
 def _dicom_identity(study) -> tuple[str, str, dict]:
@@ -79,6 +91,12 @@ def _dicom_identity(study) -> tuple[str, str, dict]:
                                        "study_date": date or None}
 
 
-def discover_dicom(source: Path, allow_non_fdg: bool = False) -> Discovery:
-    """Every DICOM PET/CT study under ``source``; case id ``<patient id>_<study date or UID tail>``."""
-    return discover_dicom_cases(source, "dicom", _dicom_identity, load_dicom_case, (allow_non_fdg,))
+def discover_dicom(source: Path, allow_non_fdg: bool = False, ct_series: str | None = None,
+                   pet_series: str | None = None) -> Discovery:
+    """Every DICOM PET/CT study under ``source``; case id ``<patient id>_<study date or UID tail>``.
+
+    ``ct_series`` / ``pet_series``: see :func:`discover_dicom_cases` (the series-selection rules are
+    :data:`~nnunetv2_petct.conversion.dicom.CT_SELECTION_RULE` and ``PET_SELECTION_RULE``).
+    """
+    return discover_dicom_cases(source, "dicom", _dicom_identity, load_dicom_case, (allow_non_fdg,),
+                                ct_series=ct_series, pet_series=pet_series)

@@ -196,7 +196,10 @@ def test_discovery_mixed_folder(case, tmp_path):
     assert z == sorted(z)
 
 
-def test_two_pet_series_are_ambiguous_until_selected(case, tmp_path):
+def test_two_equal_pet_series_are_chosen_by_uid_and_selectable(case, tmp_path):
+    # Two attenuation-corrected PET series that rank equal on every criterion (same extent, same
+    # acquisition, same voxels): the lowest SeriesInstanceUID is chosen, the other is recorded with the
+    # reason, a warning names --pet-series, and DicomStudy.select still overrides the choice.
     w = write_dicom_study(case, tmp_path, vendor="SIEMENS", seed=7)
     new_series = pydicom.uid.generate_uid()
     for p in w.pt_files:
@@ -206,10 +209,16 @@ def test_two_pet_series_are_ambiguous_until_selected(case, tmp_path):
         ds.SeriesDescription = "PET WB AC (copy)"
         ds.save_as(tmp_path / f"copy_{p.name}")
     st = find_dicom_studies(tmp_path)[0]
-    assert st.pt is None and len(st.problems) == 1 and "2 usable PET" in st.problems[0]
-    st.select(pt_series_uid=w.pt_series_uid)
-    assert st.ok
-    _, pet, _ = load_dicom_study(st)
+    first, second = sorted([w.pt_series_uid, new_series])
+    assert st.ok and st.pt.series_uid == first
+    rec = {s["series_uid"]: s for s in st.selection["PT"]["series"]}
+    assert rec[second]["status"] == "not chosen" and "SeriesInstanceUID sorts first" in rec[second]["reason"]
+    _, _, meta = load_dicom_study(st)
+    assert any("--pet-series" in w_ for w_ in meta["warnings"])
+    st.select(pt_series_uid=second)
+    assert st.ok and st.pt.series_uid == second
+    _, pet, meta = load_dicom_study(st)
+    assert meta["pt_series_uid"] == second and meta["series_selection"]["PT"]["chosen"] == second
     _assert_same_grid(pet, case.pet)
 
 
