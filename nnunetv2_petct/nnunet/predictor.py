@@ -9,6 +9,8 @@ The model is chosen exactly as ``nnUNetv2_predict`` chooses it (``-d -c -tr -p -
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -156,12 +158,15 @@ class NnUNetLesionPredictor:
             device = torch.device("mps")
         else:
             raise ModelSelectionError(f"-device must be cpu, cuda or mps, got {self.device_name!r}")
-        predictor = nnUNetPredictor(tile_step_size=self.step_size, use_gaussian=True,
-                                    use_mirroring=not self.disable_tta, perform_everything_on_device=True,
-                                    device=device, verbose=False, verbose_preprocessing=False,
-                                    allow_tqdm=not self.quiet)
         folds = [f if f == "all" else int(f) for f in self.folds]
-        predictor.initialize_from_trained_model_folder(str(self.model_folder), folds, checkpoint_name=self.checkpoint)
+        with contextlib.redirect_stdout(io.StringIO()) if self.quiet else contextlib.nullcontext():
+            predictor = nnUNetPredictor(tile_step_size=self.step_size, use_gaussian=True,
+                                        use_mirroring=not self.disable_tta,
+                                        perform_everything_on_device=self.device_name == "cuda",
+                                        device=device, verbose=False, verbose_preprocessing=False,
+                                        allow_tqdm=not self.quiet)
+            predictor.initialize_from_trained_model_folder(str(self.model_folder), folds,
+                                                           checkpoint_name=self.checkpoint)
         self._predictor = predictor
         return predictor
 
@@ -175,9 +180,11 @@ class NnUNetLesionPredictor:
         names = list(cases)
         lists = [[str(p) for p in cases[n]] for n in names]
         outputs = [str(Path(output_dir) / n) for n in names]
-        if self.npp == 0 and self.nps == 0:
-            predictor.predict_from_files_sequential(lists, outputs, save_probabilities=False, overwrite=True)
-        else:
-            predictor.predict_from_files(lists, outputs, save_probabilities=False, overwrite=True,
-                                         num_processes_preprocessing=max(self.npp, 1),
-                                         num_processes_segmentation_export=max(self.nps, 1))
+        # nnU-Net talks on stdout; with quiet its in-process messages are dropped (errors still raise)
+        with contextlib.redirect_stdout(io.StringIO()) if self.quiet else contextlib.nullcontext():
+            if self.npp == 0 and self.nps == 0:
+                predictor.predict_from_files_sequential(lists, outputs, save_probabilities=False, overwrite=True)
+            else:
+                predictor.predict_from_files(lists, outputs, save_probabilities=False, overwrite=True,
+                                             num_processes_preprocessing=max(self.npp, 1),
+                                             num_processes_segmentation_export=max(self.nps, 1))
