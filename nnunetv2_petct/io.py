@@ -9,7 +9,8 @@ on the same file system, is flushed to disk and **verified** (it exists, is not 
 type — a ``.nii.gz`` has a complete gzip stream of the size its header implies, a ``.json`` parses), and
 only then replaces the final path with :func:`os.replace`. A failed or short write (disk full, quota,
 a library that returns without error after a failed write) raises :class:`WriteError` naming the file;
-the final path is never touched then, and the temporary file is removed.
+the final path is never touched then, and the temporary file is removed. :func:`atomic_directory` does the same
+for a whole folder of results (staged, every file verified, then one rename).
 """
 
 from __future__ import annotations
@@ -237,6 +238,82 @@ def atomic_write(path: str | os.PathLike, *, tmp_dir: str | os.PathLike | None =
     """
     with atomic_write_many([path], tmp_dir=tmp_dir, verify=verify) as (tmp,):
         yield tmp
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike, *, overwrite: bool = False, tmp_dir: str | os.PathLike | None = None,
+                     verify: Callable[[Path], None] | None = verify_written) -> Iterator[Path]:
+    """Context manager: yields an empty staging folder; on a clean exit verifies every file in it, then
+    renames the folder to ``path`` (one :func:`os.rename`: a reader sees either no folder or all of it).
+
+    Example::
+
+        with atomic_directory(out / "study_1", overwrite=True) as stage:
+            (stage / "report.json").write_text("{}")
+            sitk.WriteImage(mask, str(stage / "mask.nii.gz"), True)
+
+    Args:
+        path: the final folder; its parent is created.
+        overwrite: replace an existing ``path``: the old folder is renamed aside, the new one renamed in,
+            then the old one removed (if the process dies in between, the old results stay under a hidden
+            ``.old_*`` name next to ``path``; they are never half-replaced). Without it an existing
+            ``path`` raises :class:`FileExistsError` before anything is written.
+        tmp_dir: parent of the staging folder (default: ``path``'s parent, hidden ``.tmp_*`` name); must be on
+            the same file system.
+        verify: called on every file in the staging folder (default :func:`verify_written`); None skips it.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+        WriteError: the file system refused (disk full, permission) or a staged file is incomplete;
+            ``path`` is left as it was.
+        Other exceptions of the body propagate unchanged. The staging folder is removed in every case.
+    """
+    import shutil
+
+    final = Path(path)
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"{final} exists (overwrite not requested)")
+    tag = f"{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    parent = Path(tmp_dir) if tmp_dir is not None else final.parent
+    stage = parent / f".tmp_{tag}_{final.name}"
+    try:
+        stage.mkdir(parents=True)
+    except OSError as e:
+        raise WriteError(f"cannot write {final}: {e.strerror or e}") from None
+    try:
+        try:
+            yield stage
+        except OSError as e:
+            raise WriteError(f"cannot write {final}: {e.strerror or e}") from e
+        current = stage
+        try:
+            for f in sorted(p for p in stage.rglob("*") if p.is_file()):
+                current = f
+                _fsync_file(f)
+                if verify is not None:
+                    verify(f)
+            old = None
+            if final.exists():
+                old = final.parent / f".old_{tag}_{final.name}"
+                os.rename(final, old)
+            current = final
+            try:
+                os.rename(stage, final)
+            except OSError:
+                if old is not None:  # put the old results back
+                    with contextlib.suppress(OSError):
+                        os.rename(old, final)
+                raise
+            _fsync_file(final.parent)
+        except IncompleteFileError as e:
+            raise WriteError(f"writing {final} failed: {e} (disk full?)") from None
+        except OSError as e:
+            raise WriteError(f"cannot write {current}: {e.strerror or e}") from None
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
 
 
 def write_text_atomic(text: str, path: str | os.PathLike) -> Path:

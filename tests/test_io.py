@@ -36,6 +36,37 @@ def test_atomic_write_commits_only_on_success(tmp_path):
     assert sorted(p.name for p in final.parent.iterdir()) == ["a.txt"]  # no temporary file left
 
 
+def test_atomic_directory_appears_whole_or_not_at_all(tmp_path):
+    final = tmp_path / "out" / "study"
+    with pio.atomic_directory(final) as stage:
+        assert stage.parent == final.parent and stage.name != "study"
+        (stage / "a.json").write_text('{"n": 1}')
+        (stage / "sub").mkdir()
+        (stage / "sub" / "b.txt").write_text("b")
+        assert not final.exists()
+    assert json.loads((final / "a.json").read_text()) == {"n": 1} and (final / "sub" / "b.txt").read_text() == "b"
+    # exists, no overwrite: refused before anything is written
+    with pytest.raises(FileExistsError):
+        with pio.atomic_directory(final):
+            raise AssertionError("not reached")
+    # a failing body leaves the old folder as it was and no staging folder behind
+    with pytest.raises(RuntimeError, match="boom"):
+        with pio.atomic_directory(final, overwrite=True) as stage:
+            (stage / "a.json").write_text('{"n": 2}')
+            raise RuntimeError("boom")
+    assert json.loads((final / "a.json").read_text()) == {"n": 1}
+    # an incomplete file (truncated JSON) is a WriteError, the old folder stays
+    with pytest.raises(pio.WriteError, match="a.json"):
+        with pio.atomic_directory(final, overwrite=True) as stage:
+            (stage / "a.json").write_text('{"n": ')
+    assert json.loads((final / "a.json").read_text()) == {"n": 1}
+    # overwrite replaces the whole folder (the old extra file is gone)
+    with pio.atomic_directory(final, overwrite=True) as stage:
+        (stage / "a.json").write_text('{"n": 3}')
+    assert json.loads((final / "a.json").read_text()) == {"n": 3} and not (final / "sub").exists()
+    assert sorted(p.name for p in final.parent.iterdir()) == ["study"]
+
+
 def test_atomic_write_refuses_a_short_nifti_and_keeps_the_old_file(tmp_path):
     import SimpleITK as sitk
 

@@ -235,3 +235,67 @@ def crop_to_mask_bbox(
         return list(images), None
     sz, sy, sx = box
     return [img[sx.start:sx.stop, sy.start:sy.stop, sz.start:sz.stop] for img in images], box
+
+
+def axial_coverage(moving: sitk.Image, reference: sitk.Image) -> dict:
+    """Which part of ``reference``'s axial extent (its third index axis, the slice normal) ``moving``'s field
+    of view covers, e.g. how much of a PET the CT covers.
+
+    Positions are in mm along the reference's slice normal n (``n . p`` for a patient point p; for an axial
+    series with identity direction this is the patient z, LPS: larger = superior). Extents are voxel edges
+    (index -0.5 .. size - 0.5), as in :func:`overlap_fractions_xyz`; in-plane coverage is not considered.
+
+    Returns:
+        dict with ``fraction`` (covered share of the reference's axial extent, 0..1), ``reference_range_mm``
+        ([low, high]), ``covered_range_mm`` ([low, high], None without overlap), ``n_slices``, and
+        ``uncovered``: one entry per end of the reference that ``moving`` misses, each with ``from_mm``,
+        ``to_mm``, ``length_mm``, ``fraction`` (of the reference's axial extent), ``slices`` ([first, last]
+        reference slice indices whose centres are not covered; None when no centre is) and ``end``:
+        ``"inferior"``/``"superior"`` when the normal is within 45 degrees of the patient z axis, else
+        ``"low-index"``/``"high-index"`` (``"whole"`` when nothing is covered).
+    """
+    nz = int(reference.GetSize()[2])
+    dz = float(reference.GetSpacing()[2])
+    direction = np.asarray(reference.GetDirection(), float).reshape(3, 3)
+    normal = direction[:, 2]
+    base_mm = float(np.dot(np.asarray(reference.GetOrigin(), float), normal))
+    size_m = moving.GetSize()
+    ks = []
+    for cx in (-0.5, size_m[0] - 0.5):
+        for cy in (-0.5, size_m[1] - 0.5):
+            for cz in (-0.5, size_m[2] - 0.5):
+                p = moving.TransformContinuousIndexToPhysicalPoint((cx, cy, cz))
+                ks.append(reference.TransformPhysicalPointToContinuousIndex(p)[2])
+    k_lo, k_hi = max(min(ks), -0.5), min(max(ks), nz - 0.5)
+
+    def mm(k: float) -> float:
+        return round(base_mm + k * dz, 3)
+
+    ref_lo, ref_hi = sorted((mm(-0.5), mm(nz - 0.5)))
+    total = ref_hi - ref_lo
+    covered = k_hi > k_lo
+    if normal[2] >= np.sqrt(0.5):
+        names = ("inferior", "superior")
+    elif normal[2] <= -np.sqrt(0.5):
+        names = ("superior", "inferior")
+    else:
+        names = ("low-index", "high-index")
+    uncovered = []
+    ends = [(-0.5, k_lo, names[0])] if covered else [(-0.5, nz - 0.5, "whole")]
+    if covered:
+        ends.append((k_hi, nz - 0.5, names[1]))
+    for a, b, end in ends:
+        if b - a <= 1e-6:
+            continue
+        lo, hi = sorted((mm(a), mm(b)))
+        centres = [k for k in range(nz) if a < k < b] if covered else list(range(nz))
+        uncovered.append({"end": end, "from_mm": lo, "to_mm": hi, "length_mm": round(hi - lo, 3),
+                          "fraction": round((hi - lo) / total, 4) if total > 0 else 1.0,
+                          "slices": [centres[0], centres[-1]] if centres else None})
+    return {
+        "fraction": round((k_hi - k_lo) / nz, 4) if covered else 0.0,
+        "reference_range_mm": [ref_lo, ref_hi],
+        "covered_range_mm": sorted((mm(k_lo), mm(k_hi))) if covered else None,
+        "n_slices": nz,
+        "uncovered": uncovered,
+    }

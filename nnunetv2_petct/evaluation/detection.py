@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .metrics import LabelledPair, label_pair, voxel_volume_ml
+from .metrics import LabelledPair, component_centroids, label_pair, voxel_volume_ml
 
 logger = logging.getLogger(__name__)
 
@@ -46,16 +46,6 @@ def parse_overlap_rule(overlap: str) -> float | None:
         if 0.0 < t <= 1.0:
             return t
     raise ValueError(f"unknown overlap rule {overlap!r}; use 'any', 'iou0.1' or 'iou0.5'")
-
-
-def _centroids(side) -> np.ndarray:
-    """(n + 1, 3) mean voxel index (z, y, x) per component (row 0 unused)."""
-    out = np.full((side.n + 1, 3), np.nan)
-    if side.n:
-        sizes = np.maximum(side.sizes, 1)
-        for a in range(3):
-            out[:, a] = np.bincount(side.ids, weights=side.coords[a], minlength=side.n + 1) / sizes
-    return out
 
 
 def detection_from_pair(pair: LabelledPair, spacing_mm: Sequence[float], overlap: str = "any") -> dict:
@@ -95,7 +85,7 @@ def detection_from_pair(pair: LabelledPair, spacing_mm: Sequence[float], overlap
                 gt_partner[g], pred_partner[p] = p, g
 
     def lesions(side, matched, best_iou, partner) -> list[dict]:
-        cent = _centroids(side)
+        cent = component_centroids(side)
         return [
             {
                 "lesion_id": i,

@@ -99,6 +99,16 @@ class LabelledPair:
         return int(self.pair_voxels.sum())
 
 
+def component_centroids(side: _Side) -> np.ndarray:
+    """(n + 1, 3) mean voxel index (z, y, x) of each component of a labelled side (row 0 unused, NaN)."""
+    out = np.full((side.n + 1, 3), np.nan)
+    if side.n:
+        sizes = np.maximum(side.sizes, 1)
+        for a in range(3):
+            out[:, a] = np.bincount(side.ids, weights=side.coords[a], minlength=side.n + 1) / sizes
+    return out
+
+
 def _empty_side() -> _Side:
     e = np.zeros(0, dtype=np.int64)
     return _Side(0, e, (e, e, e), np.zeros(1, dtype=np.int64))

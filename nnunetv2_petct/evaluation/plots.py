@@ -1,4 +1,4 @@
-"""Figures: Dice against labelled-data fraction, and a coronal PET MIP with lesion contours.
+"""Figures: Dice against labelled-data fraction, and coronal / sagittal PET MIPs with lesion contours.
 
 matplotlib is imported inside the functions; figures are drawn on the Agg canvas without pyplot,
 so no global backend is changed.
@@ -101,6 +101,39 @@ def plot_dice_vs_fraction(table_rows: Iterable[Mapping], out_png: str | os.PathL
     return out
 
 
+MIP_VIEWS = ("coronal", "sagittal")
+# (projection axis of the (z, y, x) array, horizontal array axis, horizontal axis label, (left, right) side
+# names for an LPS-ordered array: x grows to the patient's left, y to posterior)
+_VIEW_AXES = {"coronal": (1, 2, "x (mm)", ("R", "L")), "sagittal": (2, 1, "y (mm)", ("A", "P"))}
+
+
+def mip(volume_zyx: np.ndarray, spacing_mm: Sequence[float], view: str = "coronal",
+        origin_mm_zyx: Sequence[float] | None = None) -> tuple[np.ndarray, tuple[float, ...]]:
+    """Maximum-intensity projection of a (z, y, x) volume and its extent in mm.
+
+    ``view`` ``"coronal"`` projects over y and gives a (z, x) image; ``"sagittal"`` projects over x and
+    gives (z, y). ``extent`` = (0, width_mm, 0, nz * dz) for ``imshow(origin="lower", extent=extent)``, so
+    the display aspect follows the spacing and increasing z (superior in LPS/RAS-ordered arrays) points up.
+    With ``origin_mm_zyx`` (the physical position of voxel (0, 0, 0), axis-aligned images) the extent is in
+    those coordinates instead: voxel edges at origin - spacing / 2.
+
+    Raises:
+        ValueError: not 3D, or an unknown view.
+    """
+    v = np.asarray(volume_zyx)
+    if v.ndim != 3:
+        raise ValueError(f"expected a 3D (z, y, x) volume, got shape {v.shape}")
+    if view not in _VIEW_AXES:
+        raise ValueError(f"unknown view {view!r}; use one of {MIP_VIEWS}")
+    axis, horizontal, _, _ = _VIEW_AXES[view]
+    sp = [float(s) for s in spacing_mm]
+    h0, z0 = 0.0, 0.0
+    if origin_mm_zyx is not None:
+        h0 = float(origin_mm_zyx[horizontal]) - sp[horizontal] / 2
+        z0 = float(origin_mm_zyx[0]) - sp[0] / 2
+    return v.max(axis=axis), (h0, h0 + v.shape[horizontal] * sp[horizontal], z0, z0 + v.shape[0] * sp[0])
+
+
 def coronal_mip(volume_zyx: np.ndarray, spacing_mm: Sequence[float]) -> tuple[np.ndarray, tuple[float, ...]]:
     """Coronal maximum-intensity projection (max over y) and its extent in mm.
 
@@ -108,11 +141,72 @@ def coronal_mip(volume_zyx: np.ndarray, spacing_mm: Sequence[float]) -> tuple[np
     ``imshow(origin="lower", extent=extent)``, so that the display aspect follows the spacing and
     increasing z (superior in nnU-Net/NIfTI arrays from RAS/LPS scans) points up.
     """
-    v = np.asarray(volume_zyx)
-    if v.ndim != 3:
-        raise ValueError(f"expected a 3D (z, y, x) volume, got shape {v.shape}")
-    dz, _, dx = (float(s) for s in spacing_mm)
-    return v.max(axis=1), (0.0, v.shape[2] * dx, 0.0, v.shape[0] * dz)
+    return mip(volume_zyx, spacing_mm, "coronal")
+
+
+def _draw_mip(pet_zyx, masks, spacing_mm, view: str, title: str | None, vmax_suv: float | None,
+              labels: Sequence[tuple[Sequence[float], str]] = (), side_names: bool = False, fig_h: float = 7.0,
+              origin_mm_zyx: Sequence[float] | None = None, legend: bool = True,
+              z_bands_mm: Sequence[tuple[float, float, str]] = ()):
+    """A Figure with one MIP panel: inverted grey PET (0 white, hot dark), mask projections as contours.
+
+    ``masks``: (array or None, colour, linestyle, legend label) tuples; ``labels``: ((z, y, x) voxel
+    index, text) drawn at the projected position.
+    """
+    pet = np.asarray(pet_zyx, dtype=np.float32)
+    image, extent = mip(pet, spacing_mm, view, origin_mm_zyx)
+    for i, (m, *_rest) in enumerate(masks):
+        if m is not None and np.shape(m) != pet.shape:
+            raise ValueError(f"mask {i} shape {np.shape(m)} differs from the PET shape {pet.shape}")
+    if vmax_suv is None:
+        finite = image[np.isfinite(image)]
+        vmax_suv = max(float(np.percentile(finite, 99.5)) if finite.size else 1.0, 1.0)
+    axis, horizontal, xlabel, names = _VIEW_AXES[view]
+    nz, nh = image.shape
+    height_mm, width_mm = extent[3] - extent[2], extent[1] - extent[0]
+    fig_w = min(max(fig_h * width_mm / max(height_mm, 1e-6) + 0.6, 2.5), 14.0)
+    fig, ax = _new_figure((fig_w, fig_h), 100)
+    ax.imshow(image, cmap="gray_r", vmin=0.0, vmax=vmax_suv, origin="lower", extent=extent,
+              aspect="equal", interpolation="nearest")
+    hc = extent[0] + (np.arange(nh) + 0.5) * (width_mm / nh)
+    zc = extent[2] + (np.arange(nz) + 0.5) * (height_mm / nz)
+    handles = []
+    from matplotlib.lines import Line2D
+
+    for m, color, style, label in masks:
+        if m is None:
+            continue
+        proj = np.any(np.asarray(m) > 0, axis=axis).astype(np.float32)
+        if proj.any():
+            ax.contour(hc, zc, proj, levels=[0.5], colors=[color], linewidths=1.2, linestyles=style)
+        handles.append(Line2D([], [], color=color, linestyle=style, label=label))
+    sp = [float(s) for s in spacing_mm]
+    for index_zyx, text in labels:
+        h_mm = extent[0] + (float(index_zyx[horizontal]) + 0.5) * sp[horizontal]
+        z_mm = extent[2] + (float(index_zyx[0]) + 0.5) * sp[0]
+        # offset towards the middle of the picture, so labels near an edge stay inside the axes
+        right = h_mm < (extent[0] + extent[1]) / 2
+        up = z_mm < (extent[2] + extent[3]) / 2
+        t = ax.annotate(text, (h_mm, z_mm), xytext=(7 if right else -7, 7 if up else -7), textcoords="offset points",
+                        ha="left" if right else "right", va="bottom" if up else "top", color="darkred", fontsize=10,
+                        fontweight="bold", bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "red", "alpha": 0.85})
+        t.set_clip_on(True)
+    for lo, hi, text in z_bands_mm:
+        ax.axhspan(lo, hi, facecolor="tab:orange", alpha=0.18, hatch="//", edgecolor="tab:orange", linewidth=0)
+        ax.text(0.5, (max(min(lo, hi), extent[2]) + min(max(lo, hi), extent[3])) / 2, text, color="tab:orange",
+                fontsize=10, fontweight="bold", ha="center", va="center", transform=ax.get_yaxis_transform())
+    if handles and legend:
+        ax.legend(handles=handles, loc="upper right", fontsize=8, framealpha=0.8)
+    if side_names:
+        for x, name, ha in ((0.01, names[0], "left"), (0.99, names[1], "right")):
+            ax.text(x, 0.01, name, transform=ax.transAxes, ha=ha, va="bottom", fontsize=10, color="tab:blue",
+                    fontweight="bold")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("z (mm)")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
 
 
 def plot_pet_mip_with_contours(
@@ -130,42 +224,46 @@ def plot_pet_mip_with_contours(
     green, prediction in red (dashed). Either mask may be None. The aspect follows ``spacing_mm``
     (z, y, x). ``vmax_suv`` defaults to the 99.5th percentile of the MIP (at least 1). Returns the path.
     """
-    pet = np.asarray(pet_zyx, dtype=np.float32)
-    mip, extent = coronal_mip(pet, spacing_mm)
-    for name, m in (("gt_zyx", gt_zyx), ("pred_zyx", pred_zyx)):
-        if m is not None and np.shape(m) != pet.shape:
-            raise ValueError(f"{name} shape {np.shape(m)} differs from the PET shape {pet.shape}")
-    if vmax_suv is None:
-        finite = mip[np.isfinite(mip)]
-        vmax_suv = max(float(np.percentile(finite, 99.5)) if finite.size else 1.0, 1.0)
-    nz, nx = mip.shape
-    height_mm, width_mm = extent[3], extent[1]
-    fig_h = 7.0
-    fig_w = min(max(fig_h * width_mm / max(height_mm, 1e-6) + 0.6, 2.5), 14.0)
-    fig, ax = _new_figure((fig_w, fig_h), 100)
-    ax.imshow(mip, cmap="gray_r", vmin=0.0, vmax=vmax_suv, origin="lower", extent=extent,
-              aspect="equal", interpolation="nearest")
-    xc = (np.arange(nx) + 0.5) * (extent[1] / nx)
-    zc = (np.arange(nz) + 0.5) * (extent[3] / nz)
-    handles = []
-    from matplotlib.lines import Line2D
-
-    for m, color, style, label in ((gt_zyx, "limegreen", "solid", "ground truth"),
-                                   (pred_zyx, "red", "dashed", "prediction")):
-        if m is None:
-            continue
-        proj = np.any(np.asarray(m) > 0, axis=1).astype(np.float32)
-        if proj.any():
-            ax.contour(xc, zc, proj, levels=[0.5], colors=[color], linewidths=1.2, linestyles=style)
-        handles.append(Line2D([], [], color=color, linestyle=style, label=label))
-    if handles:
-        ax.legend(handles=handles, loc="upper right", fontsize=8, framealpha=0.8)
-    ax.set_xlabel("x (mm)")
-    ax.set_ylabel("z (mm)")
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
+    fig = _draw_mip(pet_zyx, [(gt_zyx, "limegreen", "solid", "ground truth"),
+                              (pred_zyx, "red", "dashed", "prediction")], spacing_mm, "coronal", title, vmax_suv)
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     return out
+
+
+def pet_mip_png(
+    pet_zyx: np.ndarray,
+    mask_zyx: np.ndarray | None,
+    spacing_mm: Sequence[float],
+    view: str = "coronal",
+    title: str | None = None,
+    vmax_suv: float | None = None,
+    labels: Sequence[tuple[Sequence[float], str]] = (),
+    height_in: float = 7.0,
+    origin_mm_zyx: Sequence[float] | None = None,
+    z_bands_mm: Sequence[tuple[float, float, str]] = (),
+) -> bytes:
+    """A PET MIP with the outline of a lesion mask, as PNG bytes (for reports that embed their images).
+
+    The array must be ordered LPS (x to the patient's left, y posterior, z superior; e.g. after
+    ``SimpleITK.DICOMOrient(image, "LPS")``) for the side letters to be right: the coronal view has the
+    patient's right (R) on the left of the picture (radiological convention), the sagittal view anterior
+    (A) on the left. The mask outline (projection of ``mask > 0``) is red; ``labels`` are
+    ((z, y, x) voxel index, text) pairs written next to their projected positions (e.g. lesion numbers).
+    Grey scale: SUV 0 white to ``vmax_suv`` black (default: 99.5th percentile of the MIP, at least 1).
+    ``origin_mm_zyx``: axes in patient coordinates (see :func:`mip`), else in mm from the first voxel edge.
+    ``z_bands_mm``: (z low, z high, text) ranges shaded across the picture (e.g. where there was no CT), in the
+    coordinates of the vertical axis.
+
+    Raises:
+        ValueError: unknown view, or a mask of another shape than the PET.
+    """
+    import io
+
+    fig = _draw_mip(pet_zyx, [(mask_zyx, "red", "solid", "lesions")] if mask_zyx is not None else [],
+                    spacing_mm, view, title, vmax_suv, labels=labels, side_names=True, fig_h=height_in,
+                    origin_mm_zyx=origin_mm_zyx, legend=False, z_bands_mm=z_bands_mm)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()

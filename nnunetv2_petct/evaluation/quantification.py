@@ -32,7 +32,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .metrics import LabelledPair, _check_spacing, _Side, label_pair, voxel_volume_ml
+from .metrics import LabelledPair, _check_spacing, _Side, component_centroids, label_pair, voxel_volume_ml
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +85,7 @@ def _quantify_side(side: _Side, suv: np.ndarray, spacing_mm: Sequence[float], of
     ptc = np.clip(pts, 0, shape - 1)
     sphere_vals = suv[ptc[..., 0], ptc[..., 1], ptc[..., 2]].astype(np.float64)
     peaks = np.where(inside, sphere_vals, 0.0).sum(axis=1) / inside.sum(axis=1)
+    cent = component_centroids(side)
     for i in range(1, n + 1):
         k = i - 1
         mtv = float(sizes[i] * vox_ml)
@@ -100,6 +101,9 @@ def _quantify_side(side: _Side, suv: np.ndarray, spacing_mm: Sequence[float], of
                 "peak_z": int(centres[k, 0]),
                 "peak_y": int(centres[k, 1]),
                 "peak_x": int(centres[k, 2]),
+                "centroid_z": float(cent[i, 0]),
+                "centroid_y": float(cent[i, 1]),
+                "centroid_x": float(cent[i, 2]),
             }
         )
     totals = {
@@ -144,7 +148,8 @@ def quantify_lesions(
 
     Returns:
         ``{"lesions": [...], "totals": {...}}``; each lesion dict has ``lesion_id``, ``n_voxels``,
-        ``mtv_ml``, ``suv_max``, ``suv_mean``, ``suv_peak``, ``tlg``, ``peak_z/y/x``; totals have
+        ``mtv_ml``, ``suv_max``, ``suv_mean``, ``suv_peak``, ``tlg``, ``peak_z/y/x`` (hottest voxel) and
+        ``centroid_z/y/x`` (mean voxel index, unweighted, as in the lesion detection); totals have
         ``lesion_count``, ``tmtv_ml``, ``total_tlg``, ``suv_max``, ``suv_peak`` (NaN / 0 when empty).
     """
     mask = np.asarray(mask)

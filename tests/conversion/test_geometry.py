@@ -8,6 +8,7 @@ import SimpleITK as sitk
 
 from nnunetv2_petct.conversion.geometry import (
     array_zyx_to_image,
+    axial_coverage,
     body_mask,
     crop_to_mask_bbox,
     geometry_record,
@@ -202,3 +203,38 @@ def test_crop_margin_clipped_and_empty_mask():
     assert box is None and res[0] is img
     with pytest.raises(ValueError, match="size"):
         crop_to_mask_bbox([img], np.zeros((4, 5, 7), bool))
+
+
+def test_axial_coverage_of_a_short_ct():
+    # PET: 10 slices of 4 mm, centres z = 0..36 mm, edges -2..38 mm (40 mm). CT: 5 slices of 3 mm from z = 20,
+    # edges 18.5..33.5 mm -> covers 15 / 40 = 0.375; no CT below 18.5 (20.5 mm = 0.5125, centres 0..16 = slices
+    # 0-4) and above 33.5 (4.5 mm = 0.1125, centre 36 = slice 9).
+    pet = _grid((4, 4, 10), (2.0, 2.0, 4.0), (0.0, 0.0, 0.0))
+    ct = _grid((4, 4, 5), (2.0, 2.0, 3.0), (0.0, 0.0, 20.0))
+    cov = axial_coverage(ct, pet)
+    assert cov["fraction"] == pytest.approx(0.375)
+    assert cov["reference_range_mm"] == pytest.approx([-2.0, 38.0])
+    assert cov["covered_range_mm"] == pytest.approx([18.5, 33.5])
+    low, high = cov["uncovered"]
+    assert low == {"end": "inferior", "from_mm": pytest.approx(-2.0), "to_mm": pytest.approx(18.5),
+                   "length_mm": pytest.approx(20.5), "fraction": pytest.approx(0.5125), "slices": [0, 4]}
+    assert high == {"end": "superior", "from_mm": pytest.approx(33.5), "to_mm": pytest.approx(38.0),
+                    "length_mm": pytest.approx(4.5), "fraction": pytest.approx(0.1125), "slices": [9, 9]}
+    # full coverage: nothing uncovered; no overlap: the whole PET, fraction 0
+    assert axial_coverage(_grid((4, 4, 20), (2.0, 2.0, 3.0), (0.0, 0.0, -10.0)), pet)["uncovered"] == []
+    far = axial_coverage(_grid((4, 4, 5), (2.0, 2.0, 3.0), (0.0, 0.0, 500.0)), pet)
+    assert far["fraction"] == 0.0 and far["covered_range_mm"] is None
+    assert far["uncovered"][0]["end"] == "whole" and far["uncovered"][0]["slices"] == [0, 9]
+
+
+def test_axial_coverage_names_the_ends_of_a_feet_first_grid():
+    # slice normal -z: index 0 is the top (z = 0), the last slice z = -36; the CT covers z -10..+10 -> the
+    # missing part is at the high-index end, which is inferior.
+    pet = _grid((4, 4, 10), (2.0, 2.0, 4.0), (0.0, 0.0, 0.0))
+    pet.SetDirection((1, 0, 0, 0, 1, 0, 0, 0, -1))
+    ct = _grid((4, 4, 5), (2.0, 2.0, 4.0), (0.0, 0.0, -8.0))  # centres -8..8, edges -10..10
+    cov = axial_coverage(ct, pet)
+    # along the normal n = -z: PET edges n.p in -2..38; CT covers n.p -10..10 -> -2..10 covered (12 / 40)
+    assert cov["fraction"] == pytest.approx(0.3)
+    (gap,) = cov["uncovered"]
+    assert gap["end"] == "inferior" and gap["from_mm"] == pytest.approx(10.0) and gap["to_mm"] == pytest.approx(38.0)

@@ -80,3 +80,36 @@ def test_mip_with_contours_shows_inverted_grey_and_both_colours(tmp_path):
     assert np.any((r < 0.1) & (g < 0.1) & (b < 0.1)), "hot PET should be dark (inverted grey)"
     with pytest.raises(ValueError, match="shape"):
         plot_pet_mip_with_contours(pet, gt[:-1], None, (3.0, 2.0, 2.0), tmp_path / "bad.png")
+
+
+def test_sagittal_mip_and_extent_in_patient_coordinates():
+    from nnunetv2_petct.evaluation.plots import mip
+
+    v = np.zeros((10, 7, 20), np.float32)
+    v[2, 5, 3] = 9.0
+    v[2, 5, 8] = 4.0
+    sag, extent = mip(v, (4.0, 2.0, 1.0), "sagittal", origin_mm_zyx=(100.0, -30.0, 5.0))
+    assert sag.shape == (10, 7) and sag[2, 5] == 9.0  # max over x (left-right)
+    # y edges: -30 - 1 .. -31 + 7 * 2 = -17; z edges: 100 - 2 .. 98 + 10 * 4 = 138
+    assert extent == (-31.0, -17.0, 98.0, 138.0)
+    with pytest.raises(ValueError, match="unknown view"):
+        mip(v, (4.0, 2.0, 1.0), "axial")
+
+
+def test_pet_mip_png_draws_the_lesion_outline_and_the_no_ct_band():
+    import io
+
+    import matplotlib.image as mpimg
+
+    from nnunetv2_petct.evaluation.plots import pet_mip_png
+
+    pet = np.full((40, 30, 30), 0.05, np.float32)  # nearly white (grey scale 0..1 SUV)
+    mask = np.zeros(pet.shape, np.uint8)
+    mask[20:26, 10:16, 10:16] = 1
+    png = pet_mip_png(pet, mask, (3.0, 2.0, 2.0), "coronal", labels=[((23, 13, 13), "1")],
+                      z_bands_mm=[(0.0, 30.0, "no CT")])
+    assert png[:8] == PNG_MAGIC
+    img = mpimg.imread(io.BytesIO(png))[..., :3]
+    r, g, b = img[..., 0], img[..., 1], img[..., 2]
+    assert np.any((r > 0.8) & (g < 0.25) & (b < 0.25)), "no red lesion outline"
+    assert np.any((r > 0.9) & (g > 0.6) & (g < 0.95) & (b < 0.8)), "no orange no-CT band"

@@ -120,6 +120,16 @@ def test_cube_lesion_mtv_tlg():
     assert les["tlg"] == pytest.approx(20.16)
     assert les["suv_max"] == pytest.approx(10.0)
     assert (les["peak_z"], les["peak_y"], les["peak_x"]) == (3, 4, 5)
+    # centroid: the mean voxel index, the cube's centre (4, 4, 4), whatever the SUV values
+    assert (les["centroid_z"], les["centroid_y"], les["centroid_x"]) == pytest.approx((4.0, 4.0, 4.0))
+
+
+def test_centroid_of_an_l_shaped_lesion():
+    mask = np.zeros((6, 6, 6), np.uint8)
+    mask[1, 1, 1:4] = 1  # (1, 1, 1), (1, 1, 2), (1, 1, 3)
+    mask[1, 2, 1] = 1  # + (1, 2, 1): mean z 1, y (1+1+1+2)/4 = 1.25, x (1+2+3+1)/4 = 1.75
+    (les,) = quantify_lesions(mask, np.ones(mask.shape, np.float32), (1.0, 1.0, 1.0))["lesions"]
+    assert (les["centroid_z"], les["centroid_y"], les["centroid_x"]) == pytest.approx((1.0, 1.25, 1.75))
 
 
 def test_case_totals_of_two_lesions():
