@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(the DICOM-SEG keeps the PET's patient/study attributes so it attaches to the study)")
     o.add_argument("--overwrite", action="store_true", help="redo studies whose result folder exists")
     o.add_argument("--allow-non-fdg", action="store_true", help="accept PET tracers other than FDG")
+    o.add_argument("--ct-series", default=None, metavar="UID_OR_DESCRIPTION",
+                   help="DICOM input: use this CT series (SeriesInstanceUID, or SeriesDescription with * and ? wildcards) instead of the ranking rule of nnUNetv2_petct_convert dicom --help")
+    o.add_argument("--pet-series", default=None, metavar="UID_OR_DESCRIPTION",
+                   help="DICOM input: use this PET series (as --ct-series)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress; only failures and the summary")
     return p
 
@@ -129,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         predictor.load()
         report = predict_studies(a.i, a.o, predictor, min_volume_ml=a.min_volume_ml, anonymize=a.anonymize,
                                  overwrite=a.overwrite, allow_non_fdg=a.allow_non_fdg, quiet=a.quiet,
-                                 on_study=progress)
+                                 ct_series=a.ct_series, pet_series=a.pet_series, on_study=progress)
     except (BadRunInput, ModelSelectionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -386,7 +386,8 @@ def _report_study(prep: _Prepared, pred_file: Path, output_dir: Path, model: dic
 
 def predict_studies(input_dir: str | os.PathLike, output_dir: str | os.PathLike, predictor: LesionPredictor, *,
                     min_volume_ml: float = DEFAULT_MIN_VOLUME_ML, anonymize: bool = False, overwrite: bool = False,
-                    allow_non_fdg: bool = False, quiet: bool = False,
+                    allow_non_fdg: bool = False, quiet: bool = False, ct_series: str | None = None,
+                    pet_series: str | None = None,
                     on_study: Callable[[StudyResult], None] | None = None) -> RunReport:
     """Segment every PET/CT study under ``input_dir`` and write one result folder per study (module docstring).
 
@@ -399,6 +400,8 @@ def predict_studies(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
             (the DICOM-SEG keeps the PET's patient and study attributes: it must attach to that study).
         overwrite: redo studies whose folder exists (default: keep them, status ``"exists"``).
         allow_non_fdg: accept PET tracers other than FDG (the models are trained on FDG).
+        ct_series, pet_series: choose the CT / PET series of DICOM studies by SeriesInstanceUID or
+            SeriesDescription (wildcards allowed) instead of the documented ranking rule.
         quiet: no progress bars.
         on_study: called with each study's result as soon as it is known (progress messages).
 
@@ -417,7 +420,7 @@ def predict_studies(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
     check_run_folders(input_dir, output_dir)
     if not (math.isfinite(min_volume_ml) and min_volume_ml >= 0):
         raise BadRunInput(f"--min-volume-ml must be >= 0, got {min_volume_ml}")
-    studies = find_study_inputs(input_dir, anonymize=anonymize)
+    studies = find_study_inputs(input_dir, anonymize=anonymize, ct_series=ct_series, pet_series=pet_series)
     if not studies:
         raise BadRunInput(f"no DICOM PET/CT study and no NIfTI pair (<case>_0000.nii.gz + <case>_0001.nii.gz) "
                           f"under {input_dir}. Found: {describe_tree(input_dir)}")

@@ -86,13 +86,15 @@ def _anonymous_name(key: str) -> str:
     return "study_" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:10]
 
 
-def find_study_inputs(input_dir: str | os.PathLike, anonymize: bool = False) -> list[StudyInput]:
+def find_study_inputs(input_dir: str | os.PathLike, anonymize: bool = False, *, ct_series: str | None = None,
+                      pet_series: str | None = None) -> list[StudyInput]:
     """Every DICOM PET/CT study and every NIfTI pair under ``input_dir`` (read only).
 
     DICOM studies come first (sorted by patient, date, UID), then NIfTI cases sorted by name. A DICOM study
     whose series cannot be used (no PET series, several candidates, irregular slices) is still returned: it
     fails with the reader's reason when loaded. A ``_0000`` file without its ``_0001`` is returned too and
-    fails when loaded. Names are made unique with ``_2``, ``_3``, ...
+    fails when loaded. Names are made unique with ``_2``, ``_3``, ... ``ct_series`` / ``pet_series`` pick a
+    series by UID or description (:func:`nnunetv2_petct.conversion.dicom.find_dicom_studies`).
 
     Raises:
         FileNotFoundError: ``input_dir`` is not a folder.
@@ -105,7 +107,7 @@ def find_study_inputs(input_dir: str | os.PathLike, anonymize: bool = False) -> 
         raise FileNotFoundError(f"not a folder: {root}")
     used: set[str] = set()
     out: list[StudyInput] = []
-    for st in find_dicom_studies(root):
+    for st in find_dicom_studies(root, ct_series=ct_series, pet_series=pet_series):
         if not any(s.modality in ("CT", "PT") for s in st.series):
             continue  # e.g. a folder of SEG or RT objects only: not a PET/CT study
         if anonymize:

@@ -278,7 +278,7 @@ class DicomStudy:
         """
         if self.ct is None or self.pt is None or self.ct.z_range_mm is None or self.pt.z_range_mm is None:
             return None
-        return axial_coverage(self.pt.z_range_mm, self.ct.z_range_mm)
+        return ct_z_coverage_of_pet(self.pt.z_range_mm, self.ct.z_range_mm)
 
     def selection_record(self) -> dict:
         """What the manifest records: the rules, and per modality the chosen series, how it was chosen
@@ -338,8 +338,9 @@ class DicomScan:
         return lines
 
 
-def axial_coverage(pet_z_range_mm: Sequence[float], ct_z_range_mm: Sequence[float]) -> dict:
-    """How much of the PET's axial extent the CT covers (see :meth:`DicomStudy.coverage`).
+def ct_z_coverage_of_pet(pet_z_range_mm: Sequence[float], ct_z_range_mm: Sequence[float]) -> dict:
+    """How much of the PET's axial extent the CT covers, from the two series' header z ranges (see
+    :meth:`DicomStudy.coverage`; for images on any grid use :func:`nnunetv2_petct.conversion.geometry.axial_coverage`).
 
     Both ranges are ``(lowest, highest)`` patient z in mm; an empty PET range gives fraction 0.
     """
@@ -651,7 +652,7 @@ def _rank_criteria(modality: str, pool: Sequence[DicomSeries], pet: DicomSeries 
     def overlap(s: DicomSeries) -> float:
         if pet is None or pet.z_range_mm is None or s.z_range_mm is None:
             return 0.0
-        return axial_coverage(pet.z_range_mm, s.z_range_mm)["ct_fraction_of_pet_z"]
+        return ct_z_coverage_of_pet(pet.z_range_mm, s.z_range_mm)["ct_fraction_of_pet_z"]
 
     def same_for(s: DicomSeries) -> int:
         return 0 if pet is None or (s.frame_of_reference_uid and s.frame_of_reference_uid == pet.frame_of_reference_uid) else 1

@@ -270,3 +270,18 @@ def test_run_level_errors(tmp_path):
         predict_studies(tmp_path / "in", tmp_path / "in" / "out", _threshold_predictor(), quiet=True)
     with pytest.raises(BadRunInput, match="does not exist"):
         predict_studies(tmp_path / "missing", tmp_path / "out", _threshold_predictor(), quiet=True)
+
+
+def test_series_choice_options_reach_the_dicom_reader(lesion_case, tmp_path):
+    """--pet-series / --ct-series: a description that matches no series fails that study with the reader's
+    named error; a matching one (the AC PET by its UID, with a non-AC series beside it) is used."""
+    w = write_dicom_study(_named(lesion_case, "S1"), tmp_path / "in", vendor="SIEMENS", seed=3, nac_pet=True)
+    rep = predict_studies(tmp_path / "in", tmp_path / "out_bad", _threshold_predictor(), quiet=True,
+                          pet_series="no such series")
+    (res,) = rep.results
+    assert res.status == "failed" and "no such series" in res.reason
+    rep = predict_studies(tmp_path / "in", tmp_path / "out", _threshold_predictor(), quiet=True,
+                          pet_series=w.pt_series_uid)
+    assert [r.status for r in rep.results] == ["done"]
+    report = json.loads((tmp_path / "out" / "S1_20200101" / "report.json").read_text())
+    assert w.pt_series_uid in json.dumps(report)
