@@ -3,6 +3,12 @@
 :func:`shrink_plans` turns a configuration into a *tiny* one (small patch, few stages, few features)
 for tests, CI and the demo on a 2-core CPU. Preprocessing depends only on the target spacing, not
 on the architecture, so the plans can be shrunk before or after ``nnUNetv2_preprocess``.
+
+:func:`paper_plans` (``nnUNetv2_petct_paper_plans``) derives plans that set up the paper's network, spacing, patch,
+batch and a named normalization on a planned dataset; :func:`plans_for_checkpoint` /
+:func:`plans_for_target` (``nnUNetv2_petct_import_weights -d``) derive plans that rebuild a foundation
+checkpoint's network for a target dataset. Both write a new plans identifier with one ``3d_fullres``
+configuration; ``nnUNetv2_preprocess -plans_name NAME`` then writes its data.
 """
 
 from __future__ import annotations
@@ -263,8 +269,10 @@ def plans_for_checkpoint(base_plans: dict, adaptation_plan: dict, *, plans_name:
                          patch_size: Sequence[int] | None = None,
                          batch_size: int = PAPER_BATCH_SIZE_FINETUNING) -> dict:
     """Plans for a target dataset that rebuild a foundation checkpoint's network exactly: its architecture,
-    spacing, axis order and normalization (schemes and ``use_mask_for_norm``) from the checkpoint's
-    ``nnssl_adaptation_plan``; patch = ``patch_size`` or the checkpoint's recommended one; ``batch_size`` (2).
+    spacing, axis order and normalization (schemes and ``use_mask_for_norm``; with CTNormalization also the
+    pretraining data's intensity statistics, as ``nnUNetv2_move_plans_between_datasets`` would) from the
+    checkpoint's ``nnssl_adaptation_plan``; patch = ``patch_size`` or the checkpoint's recommended one;
+    ``batch_size`` (2).
 
     Raises PlansError when the adaptation plan lacks the architecture or the spacing.
     """
@@ -284,10 +292,18 @@ def plans_for_checkpoint(base_plans: dict, adaptation_plan: dict, *, plans_name:
     if not schemes:
         raise PlansError("the checkpoint's adaptation plan records no normalization_schemes")
     record = {"preset": "matching a foundation checkpoint", "batch_size": int(batch_size)}
-    return derive_plans(base_plans, plans_name=plans_name, architecture=arch, spacing=spacing, patch_size=patch,
-                        batch_size=batch_size, normalization=schemes,
-                        use_mask_for_norm=adaptation_plan.get("use_mask_for_norm") or None,
-                        transpose_forward=tf, record=record)
+    plans = derive_plans(base_plans, plans_name=plans_name, architecture=arch, spacing=spacing, patch_size=patch,
+                         batch_size=batch_size, normalization=schemes,
+                         use_mask_for_norm=adaptation_plan.get("use_mask_for_norm") or None,
+                         transpose_forward=tf, record=record)
+    props = adaptation_plan.get("foreground_intensity_properties_per_channel") or {}
+    if "CTNormalization" in schemes and props:
+        # CTNormalization clips and scales with these statistics: the pretraining data's, so that HU values map to
+        # the same network inputs as in pretraining (what nnUNetv2_move_plans_between_datasets also does)
+        plans["foreground_intensity_properties_per_channel"] = copy.deepcopy(props)
+        plans["petct_plans"]["notes"].append("CT-style normalization uses the pretraining data's intensity statistics "
+                                             "(from the checkpoint)")
+    return plans
 
 
 def write_plans(plans: dict, preprocessed_dataset_dir: Path, overwrite: bool = False, dry_run: bool = False) -> Path:

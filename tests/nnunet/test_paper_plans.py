@@ -136,6 +136,13 @@ def test_plans_for_a_checkpoint_copy_its_network_spacing_and_normalization():
     c = plans_for_checkpoint(base_plans(), plan, plans_name="X", patch_size=(32, 32, 64), batch_size=1)[
         "configurations"]["3d_fullres"]
     assert c["patch_size"] == [32, 32, 64] and c["batch_size"] == 1
+    # CT-style normalization: the pretraining data's statistics travel with the plans (as move_plans would do)
+    ct_plan = {**plan, "normalization_schemes": ["CTNormalization", "ZScoreNormalization"],
+               "foreground_intensity_properties_per_channel": {"0": {"mean": -300.0}, "1": {"mean": 3.0}}}
+    plans = plans_for_checkpoint(base_plans(), ct_plan, plans_name="X")
+    assert plans["foreground_intensity_properties_per_channel"]["0"] == {"mean": -300.0}
+    assert plans_for_checkpoint(base_plans(), plan, plans_name="X")["foreground_intensity_properties_per_channel"][
+        "0"] == {"mean": -66.0}  # z-score only: the target's own (unused) statistics stay
     with pytest.raises(PlansError, match="no normalization_schemes"):
         plans_for_checkpoint(base_plans(), {**plan, "normalization_schemes": []}, plans_name="X")
 

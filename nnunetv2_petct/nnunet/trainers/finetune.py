@@ -56,6 +56,12 @@ the ``-pretrained_weights`` value in ``sys.argv`` (only for the log, the provena
 reason to refuse in scratch trainers). The digest is primary because it also covers programmatic use
 (``run_training(..., pretrained_weights=...)``) and cannot be fooled by an unrelated argv. Each run
 writes ``pretrained_weights.json`` (loaded or not, file name if known, digests) to the fold folder.
+
+Normalization check: when the weights file is known and records the pretraining normalization (foundation
+checkpoints: ``nnssl_adaptation_plan["normalization_schemes"]`` / ``["use_mask_for_norm"]``), a target
+configuration that normalizes differently is refused before training with the command that writes matching
+plans (:func:`nnunetv2_petct.transfer.foundation.normalization_mismatch`); files without that record (e.g.
+nnU-Net training checkpoints) are not checked.
 """
 
 from __future__ import annotations
