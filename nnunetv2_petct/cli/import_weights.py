@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{c['batch_size']}, normalization {c['normalization_schemes']}")
         for note in plans["petct_plans"]["notes"]:
             print(f"  note: {note}")
-        weights = a.output or "FOUNDATION.pth"
+        weights = a.output or (a.source if info["format"] == "petct-foundation" else "FOUNDATION.pth (write it with -o)")
         print(f"next:\n  nnUNetv2_preprocess -d {a.dataset} -plans_name {plans_name} -c 3d_fullres\n"
               f"  nnUNetv2_train {a.dataset} 3d_fullres FOLD -p {plans_name} -tr nnUNetTrainerPETCTFinetune "
               f"-pretrained_weights {weights}")
