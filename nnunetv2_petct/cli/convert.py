@@ -73,9 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
                       help="crop to the body (CT > -500 HU) even for a labeled cohort")
     crop.add_argument("--no-crop", dest="crop", action="store_false",
                       help="keep the full PET grid even for an unlabeled cohort")
-    p.add_argument("--pet-normalization", choices=("zscore", "global"), default="zscore",
-                   help="zscore: PET channel named 'PET' -> nnU-Net per-image z-score (default); global: "
-                        "PET channel named 'ct' -> nnU-Net's CT-style dataset-wide normalization")
+    p.add_argument("--normalization", choices=("nnunet", "pet-global", "zscore-both"), default=None,
+                   help="how nnU-Net will normalize the channels (set through their names in dataset.json): "
+                        "nnunet (default): CT clip + dataset-wide z-score, PET per-image z-score; pet-global: "
+                        "PET like CT (dataset-wide, keeps the SUV scale); zscore-both: both channels z-scored "
+                        "per image, no CT clipping (the paper's authors; needed for their released weights). "
+                        "Pretraining and target datasets must use the same choice")
+    p.add_argument("--pet-normalization", choices=("zscore", "global"), default=None,
+                   help="older spelling: zscore = --normalization nnunet, global = --normalization pet-global")
     p.add_argument("--min-overlap", type=float, default=0.5,
                    help="fail a case whose CT covers less than this fraction of the PET's axial extent (0.5); "
                         "with less, the PET outside the CT gets -1024 HU in the CT channel")
@@ -118,11 +123,15 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.num_processes < 1:
         parser.error("-np must be >= 1")
+    old = {"zscore": "nnunet", "global": "pet-global"}.get(a.pet_normalization)
+    if old and a.normalization and old != a.normalization:
+        parser.error(f"--pet-normalization {a.pet_normalization} contradicts --normalization {a.normalization}")
+    normalization = a.normalization or old or "nnunet"
     options = {k: getattr(a, k) for k in COHORT_OPTION_DESTS if getattr(a, k) is not None}
     try:
         report = convert_cohort(
             a.cohort, a.source, a.dataset_id, a.raw_dir, name=a.name, num_processes=a.num_processes,
-            overwrite=a.overwrite, quiet=a.quiet, crop=a.crop, pet_normalization=a.pet_normalization,
+            overwrite=a.overwrite, quiet=a.quiet, crop=a.crop, pet_normalization=normalization,
             min_overlap_fraction=a.min_overlap, **options,
         )
     except BadInputError as e:

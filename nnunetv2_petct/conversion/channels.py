@@ -13,6 +13,32 @@ CT_NAMES = ("ct",)
 PET_KEYWORDS = ("pet", "suv", "fdg", "pt")
 DEFAULT_CHANNEL_NAMES = {"0": "CT", "1": "PET"}
 
+#: The named normalization choices of a CT+PET dataset and nnU-Net's scheme per channel (CT, PET); the same
+#: names are used by ``nnUNetv2_petct_convert --normalization`` and ``nnUNetv2_petct_paper_plans``:
+#:
+#: - ``nnunet``: nnU-Net's defaults by channel name: CT dataset-wide percentile clip + z-score, PET z-scored
+#:   per image (this package's default);
+#: - ``pet-global``: CT-style dataset-wide clip + z-score for PET too (keeps the SUV scale);
+#: - ``zscore-both``: both channels z-scored per image, no CT clipping: the authors of the paper (Liu et al.
+#:   2026) and upstream nnU-Net's nnssl fine-tuning route.
+NORMALIZATION_SCHEMES: dict[str, tuple[str, str]] = {
+    "nnunet": ("CTNormalization", "ZScoreNormalization"),
+    "pet-global": ("CTNormalization", "CTNormalization"),
+    "zscore-both": ("ZScoreNormalization", "ZScoreNormalization"),
+}
+
+
+def normalization_choice(schemes: Sequence[str]) -> str | None:
+    """The name in :data:`NORMALIZATION_SCHEMES` of a plans' ``normalization_schemes`` (CT, PET), else None.
+
+    Only the scheme names are compared (nnU-Net's ``use_mask_for_norm`` is a separate setting).
+    """
+    schemes = tuple(str(s) for s in schemes)
+    for name, want in NORMALIZATION_SCHEMES.items():
+        if schemes == want:
+            return name
+    return None
+
 
 class ChannelOrderError(ValueError):
     """The dataset's channels are not the CT/PET channels a trainer expects."""

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from nnunetv2_petct.conversion.channels import NORMALIZATION_SCHEMES
 from nnunetv2_petct.conversion.geometry import (
     body_mask,
     crop_to_mask_bbox,
@@ -74,14 +75,20 @@ FAILURES_FILE = "conversion_failures.json"
 # "zscore", "rescale_to_0_1", "rgb_to_0_1" -> their schemes, anything else -> ZScoreNormalization
 # (per image). The only names that give CT-style *global* normalization are the case variants of
 # "ct", so "global" PET normalization names the PET channel "ct" (lower case, to tell it apart from
-# the real CT channel "CT"); dataset.json["petct_normalization"] records the choice explicitly.
+# the real CT channel "CT"), and "zscore-both" names the CT channel "CT_zscore" (a CT name for this
+# package, channels.channel_kind, but not "ct" for nnU-Net: per-image z-score, no clipping);
+# dataset.json["petct_normalization"] records the choice explicitly. The keys are the historical values
+# of ConversionOptions.pet_normalization; channels.NORMALIZATION_SCHEMES names the choices for users
+# (nnunet / pet-global / zscore-both), PET_NORMALIZATION_BY_CHOICE maps between the two.
 PET_NORMALIZATION_CHANNEL_NAMES = {
     "zscore": {"0": "CT", "1": "PET"},
     "global": {"0": "CT", "1": "ct"},
+    "zscore-both": {"0": "CT_zscore", "1": "PET"},
 }
+PET_NORMALIZATION_BY_CHOICE = {"nnunet": "zscore", "pet-global": "global", "zscore-both": "zscore-both"}
+CHOICE_BY_PET_NORMALIZATION = {v: k for k, v in PET_NORMALIZATION_BY_CHOICE.items()}
 PET_NORMALIZATION_SCHEMES = {
-    "zscore": {"0": "CTNormalization", "1": "ZScoreNormalization"},
-    "global": {"0": "CTNormalization", "1": "CTNormalization"},
+    value: dict(zip(("0", "1"), NORMALIZATION_SCHEMES[choice])) for choice, value in PET_NORMALIZATION_BY_CHOICE.items()
 }
 
 
@@ -168,8 +175,10 @@ class ConversionOptions:
         crop_to_body: crop CT, PET and label to the body bounding box plus ``body_margin_vox``.
         min_overlap_fraction: a case fails when the CT covers less than this fraction of the PET's
             axial (z) extent (no overlap at all always fails).
-        pet_normalization: ``"zscore"`` (nnU-Net per-image z-score for PET) or ``"global"``
-            (CT-style dataset-wide normalization for PET too); only affects ``dataset.json``.
+        pet_normalization: ``"zscore"`` (nnU-Net's defaults: CT clip + dataset-wide z-score, PET per-image
+            z-score), ``"global"`` (CT-style dataset-wide normalization for PET too) or ``"zscore-both"``
+            (both channels z-scored per image, as the paper's authors); only affects the channel names in
+            ``dataset.json`` (see :data:`PET_NORMALIZATION_CHANNEL_NAMES`).
     """
 
     labeled: bool
@@ -584,10 +593,12 @@ def finalize_dataset(dataset_dir: Path, *, name: str, description: str, labeled:
                            "1": {"modality": "PET", "units": pet_units[0] if len(pet_units) == 1 else "mixed"}},
         "petct_normalization": {
             "pet": pet_normalization,
+            "choice": CHOICE_BY_PET_NORMALIZATION[pet_normalization],
             "schemes": PET_NORMALIZATION_SCHEMES[pet_normalization],
-            "note": "nnU-Net 2.8.1 chooses normalization by channel name (case-insensitive): 'CT'/'ct' -> "
-                    "CTNormalization, other names -> ZScoreNormalization. Pretraining and fine-tuning "
-                    "datasets must agree (transfer the plans).",
+            "note": "nnU-Net 2.8.1 chooses normalization by channel name (case-insensitive) when it plans: "
+                    "'CT'/'ct' -> CTNormalization, other names -> ZScoreNormalization; afterwards the plans' "
+                    "normalization_schemes decide. Pretraining and fine-tuning datasets must agree (transfer "
+                    "the plans).",
         },
         "petct_label_kind": "lesion" if labeled else "body_mask",
         "petct_cohorts": cohorts,

@@ -224,8 +224,8 @@ def build_pretraining_dataset(dataset_id: int, from_datasets: Sequence[int | str
             seen[new_id] = src.name
             tasks.append((str(src), r, str(out_dir), new_id, crop, body_margin_vox, overwrite))
     if len(set(norms.values())) > 1:
-        raise BadInputError(f"source datasets disagree on PET normalization {norms}; reconvert with one "
-                            f"--pet-normalization")
+        raise BadInputError(f"source datasets disagree on normalization {norms}; reconvert with one "
+                            f"nnUNetv2_petct_convert --normalization choice")
     pet_norm = next(iter(norms.values()))
     for sub in ("imagesTr", "labelsTr", "manifest"):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)

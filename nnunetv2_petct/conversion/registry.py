@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from nnunetv2_petct.conversion.core import (
+    PET_NORMALIZATION_BY_CHOICE,
     PET_NORMALIZATION_CHANNEL_NAMES,
     BadInputError,
     CaseSource,
@@ -149,8 +150,11 @@ def convert_cohort(cohort: str, source: str | os.PathLike, dataset_id: int, raw_
         num_processes: worker processes.
         overwrite: redo finished cases (otherwise they are skipped).
         crop: crop to the body; default per cohort (labeled cohorts: no; pretraining-only: yes).
-        pet_normalization: ``"zscore"`` (PET channel named "PET") or ``"global"`` (named "ct", which
-            nnU-Net maps to CTNormalization); recorded in ``dataset.json["petct_normalization"]``.
+        pet_normalization: the normalization choice, by its user-facing name (``"nnunet"``, ``"pet-global"``,
+            ``"zscore-both"``; :data:`nnunetv2_petct.conversion.channels.NORMALIZATION_SCHEMES`) or by its
+            historical one (``"zscore"`` = nnunet: PET channel named "PET"; ``"global"`` = pet-global: PET
+            named "ct", which nnU-Net maps to CTNormalization); recorded in
+            ``dataset.json["petct_normalization"]``.
         **options: cohort-specific options (see :func:`cohort_options`), e.g. ``spacing=(3, 3.5, 3.5)``.
 
     Returns:
@@ -162,8 +166,9 @@ def convert_cohort(cohort: str, source: str | os.PathLike, dataset_id: int, raw_
     """
     if cohort not in COHORTS:
         raise BadInputError(f"unknown cohort {cohort!r}; choose one of {', '.join(COHORTS)}")
+    pet_normalization = PET_NORMALIZATION_BY_CHOICE.get(pet_normalization, pet_normalization)
     if pet_normalization not in PET_NORMALIZATION_CHANNEL_NAMES:
-        raise BadInputError(f"--pet-normalization must be one of {sorted(PET_NORMALIZATION_CHANNEL_NAMES)}")
+        raise BadInputError(f"--normalization must be one of {sorted(PET_NORMALIZATION_BY_CHOICE)}")
     spec = COHORTS[cohort]
     allowed = cohort_options(cohort)
     bad = sorted(k for k, v in options.items() if v is not None and k not in allowed)

@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 #: The paper's block size in voxels (z, y, x) and its block grid over a 96x128x128 patch.
 PAPER_BLOCK_SIZE: tuple[int, int, int] = (12, 16, 16)
 PAPER_BLOCK_GRID: tuple[int, int, int] = (8, 8, 8)
+#: The paper's block in mm (z, y, x): 12x16x16 voxels at its 3x2x2 mm spacing.
+PAPER_BLOCK_SIZE_MM: tuple[float, float, float] = (36.0, 32.0, 32.0)
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,9 @@ class MAEConfig:
       - ``block_size``: block edge in voxels per spatial axis, or None for the automatic rule of
         :func:`resolve_block_size` (an 8x8x8 grid over the patch when the patch divides by 8, else the
         paper's 12x16x16 clipped to the patch);
+      - ``block_size_mm``: block edge in mm per spatial axis (z, y, x) instead, converted to voxels at the
+        plans' spacing by :func:`resolve_block_size_mm` (the paper's 36x32x32 mm is 12x16x16 voxels at
+        3x2x2 mm); not together with ``block_size``;
       - ``mask_ratio``: probability that a block is masked (Bernoulli per block, as in the paper);
       - ``per_channel``: independent masks per channel (paper) or one mask shared by all channels
         ("joint masking" ablation);
@@ -67,6 +72,7 @@ class MAEConfig:
     """
 
     block_size: tuple[int, ...] | None = None
+    block_size_mm: tuple[float, ...] | None = None
     mask_ratio: float = 0.5
     per_channel: bool = True
     visible_weight: float = 0.2
@@ -100,6 +106,11 @@ class MAEConfig:
             raise ValueError(f"lr_schedule must be 'cosine' or 'poly', got {self.lr_schedule!r}")
         if self.block_size is not None and any(int(b) < 1 for b in self.block_size):
             raise ValueError(f"block_size entries must be >= 1, got {self.block_size}")
+        if self.block_size_mm is not None:
+            if self.block_size is not None:
+                raise ValueError("give block_size (voxels) or block_size_mm, not both")
+            if any(not float(b) > 0 for b in self.block_size_mm):
+                raise ValueError(f"block_size_mm entries must be > 0, got {self.block_size_mm}")
         lo, hi = self.zoom_range
         if not 0 < lo <= hi:
             raise ValueError(f"zoom_range must satisfy 0 < low <= high, got {self.zoom_range}")
@@ -120,7 +131,7 @@ class MAEConfig:
     def from_dict(cls, d: dict) -> MAEConfig:
         """Inverse of :meth:`to_dict` (unknown keys raise TypeError, so a typo never passes silently)."""
         kw = dict(d)
-        for k in ("block_size", "input_channels", "zoom_range"):
+        for k in ("block_size", "block_size_mm", "input_channels", "zoom_range"):
             if kw.get(k) is not None:
                 kw[k] = tuple(kw[k])
         return cls(**kw)
@@ -164,6 +175,29 @@ def resolve_block_size(patch_size: Sequence[int], block_size: Sequence[int] | No
     if any(p % b for p, b in zip(patch, block)):
         logger.info("patch %s is not a multiple of block %s: blocks at the far edge are cropped", patch, block)
     return block
+
+
+def resolve_block_size_mm(patch_size: Sequence[int], spacing_mm: Sequence[float],
+                          block_size_mm: Sequence[float]) -> tuple[int, ...]:
+    """The block size in voxels for a block given in mm: ``round(block_mm / spacing_mm)`` per axis (halves round
+    up, at least 1 voxel), clipped to the patch.
+
+    All three sequences are in the same axis order. Examples: 36x32x32 mm at 3x2x2 mm -> 12x16x16 voxels (the
+    paper); at 8x6x6 mm -> 5x5x5; clipped to a 4-voxel patch axis -> 4. Raises ValueError when the lengths
+    differ or a spacing is not positive.
+    """
+    patch = tuple(int(p) for p in patch_size)
+    spacing = tuple(float(s) for s in spacing_mm)
+    block_mm = tuple(float(b) for b in block_size_mm)
+    if not len(patch) == len(spacing) == len(block_mm):
+        raise ValueError(f"patch {patch}, spacing {spacing} and block {block_mm} mm must have the same number of axes")
+    if any(s <= 0 for s in spacing):
+        raise ValueError(f"spacing must be positive, got {spacing}")
+    block = tuple(max(1, math.floor(b / s + 0.5)) for b, s in zip(block_mm, spacing))
+    clipped = tuple(min(b, p) for b, p in zip(block, patch))
+    if clipped != block:
+        logger.info("block %s voxels (%s mm) clipped to the patch %s: %s", block, block_mm, patch, clipped)
+    return clipped
 
 
 def block_grid_shape(spatial_shape: Sequence[int], block_size: Sequence[int]) -> tuple[int, ...]:

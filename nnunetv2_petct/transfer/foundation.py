@@ -11,16 +11,22 @@ str, int, float, bool and None inside, no classes, no numpy:
     keys containing ``.seg_layers.``: the reconstruction head (output layers) is not transferred.
 ``nnssl_adaptation_plan``
     The fields of MIC-DKFZ/nnssl's adaptation plan (serialized names): ``architecture_plans``
-    (``arch_class_name``, ``arch_kwargs``, ``arch_kwargs_requiring_import``), ``pretrain_plan`` (the nnU-Net
-    plans dict), ``pretrain_num_input_channels``, ``recommended_downstream_patchsize``, ``key_to_encoder``,
-    ``key_to_stem``, ``keys_to_in_proj`` (module paths; append ``.weight`` / ``.bias`` for the tensors),
-    ``key_to_lpe`` (None: no positional embedding). Added for nnU-Net users: ``architecture`` (the plans'
-    own ``architecture`` entry: ``network_class_name``, ``arch_kwargs``, ``_kw_requires_import``),
-    ``configuration``, ``plans_name``, ``patch_size``, ``spacing``, ``normalization_schemes``,
-    ``use_mask_for_norm``, ``channel_names`` (of the network's inputs) and
-    ``foreground_intensity_properties_per_channel``.
+    (``arch_class_name`` = the full dotted class name, ``arch_kwargs``, ``arch_kwargs_requiring_import``),
+    ``pretrain_plan`` (the nnU-Net plans dict with only the trained configuration under ``configurations``),
+    ``pretrain_num_input_channels``, ``recommended_downstream_patchsize``, ``key_to_encoder``,
+    ``key_to_stem``, ``keys_to_in_proj`` (module paths read from the built network; append ``.weight`` /
+    ``.bias`` for the tensors), ``key_to_lpe`` (None: no positional embedding). Upstream nnU-Net's nnssl route
+    (``nnUNetv2_preprocess_like_nnssl`` + ``nnUNetv2_train_pretrained``, master branch) reads exactly these.
+    Added for nnU-Net users: ``architecture`` (the plans' own ``architecture`` entry: ``network_class_name``,
+    ``arch_kwargs``, ``_kw_requires_import``), ``configuration``, ``plans_name``, ``patch_size``, ``spacing``
+    and ``transpose_forward`` (spacing and patch are in the plans' axis order), ``normalization_schemes``,
+    ``use_mask_for_norm`` (compared with the target plans before fine-tuning, :func:`normalization_mismatch`),
+    ``channel_names`` (of the network's inputs) and ``foreground_intensity_properties_per_channel``.
 ``petct_metadata``
-    Our metadata: channel order, masking config, data summary, versions, trainer, epoch, losses.
+    Our metadata: channel order, masking config, data summary, versions, trainer, epoch, losses; for imported
+    weights (``nnunetv2_petct.transfer.importers``) also ``import``: source file, SHA-256, format, changes.
+``citations`` (optional)
+    Upstream's field: a list of ``{"type", "name", "apa_citations"}`` printed by its fine-tuning trainer.
 ``format``
     ``"nnunetv2_petct.transfer.foundation"`` and ``format_version``.
 """
@@ -39,22 +45,11 @@ from nnunetv2_petct.io import atomic_write
 logger = logging.getLogger(__name__)
 
 FORMAT = "nnunetv2_petct.transfer.foundation"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: 1: the adaptation plan listed every configuration and hard-coded ``key_to_encoder="encoder"`` (upstream's
+#: route failed on it); 2: only the trained configuration, keys from the network instance.
 REQUIRED_PLAN_KEYS = ("architecture_plans", "pretrain_plan", "pretrain_num_input_channels", "key_to_encoder",
                       "key_to_stem", "keys_to_in_proj", "patch_size", "spacing", "normalization_schemes")
-
-#: (key_to_encoder, key_to_stem, keys_to_in_proj) of dynamic_network_architectures' U-Nets. PlainConvUNet has
-#: no separate stem: its first conv block is the stem. Each conv is registered twice (``.conv`` and
-#: ``.all_modules.0``), so the input projection has two module paths holding the same tensor.
-KNOWN_ARCHITECTURE_KEYS: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "PlainConvUNet": ("encoder", "encoder.stages.0.0.convs.0",
-                      ("encoder.stages.0.0.convs.0.conv", "encoder.stages.0.0.convs.0.all_modules.0")),
-    "ResidualEncoderUNet": ("encoder", "encoder.stem",
-                            ("encoder.stem.convs.0.conv", "encoder.stem.convs.0.all_modules.0")),
-    "ResidualUNet": ("encoder", "encoder.stem",
-                     ("encoder.stem.convs.0.conv", "encoder.stem.convs.0.all_modules.0")),
-}
-
 
 class FoundationCheckpointError(ValueError):
     """A foundation checkpoint is missing a part, or holds something ``weights_only`` loading refuses."""
@@ -123,31 +118,52 @@ def to_weights_only_safe(obj: Any, path: str = "checkpoint") -> Any:
                                     f"in a weights_only checkpoint")
 
 
-def architecture_keys(arch_class_name: str, state_dict: Mapping[str, Any]) -> tuple[str, str, list[str]]:
-    """``(key_to_encoder, key_to_stem, keys_to_in_proj)`` for an architecture and its state_dict.
+def architecture_keys(architecture: Mapping[str, Any], state_dict: Mapping[str, Any],
+                      num_input_channels: int) -> dict[str, Any]:
+    """``key_to_encoder``, ``key_to_stem``, ``keys_to_in_proj`` and ``key_to_lpe`` of a plans architecture entry.
 
-    Known dynamic_network_architectures classes use :data:`KNOWN_ARCHITECTURE_KEYS` (checked against the
-    state_dict). Other classes: the input projection is the first weight with >= 3 dimensions in state_dict
-    order plus every key holding the same tensor; the stem is its parent module; the encoder is the first
-    path component. Raises FoundationCheckpointError when the expected keys are absent.
+    The network is built from ``architecture`` (a plans ``architecture`` entry, on the meta device: no memory)
+    and the keys are read from the *instance's own attributes*, which dynamic_network_architectures sets in
+    ``__init__`` and upstream nnU-Net's ``PretrainedTrainer`` reads on the network it builds (PlainConvUNet:
+    ``encoder.stages`` / ``encoder.stages.0``; ResidualEncoderUNet: ``encoder.stages`` / ``encoder.stem``).
+    A class that cannot be built or has no such attributes (not a dynamic_network_architectures network) falls
+    back to a guess from ``state_dict``, logged as a warning: the input projection is the first weight with
+    >= 3 dimensions plus every key holding the same tensor, the stem its parent module, the encoder the first
+    path component; ``"source"`` in the result says which way was used.
+
+    Raises FoundationCheckpointError when the keys do not fit ``state_dict`` (no tensor under the encoder or
+    stem prefix, or an input projection without its ``.weight``).
     """
-    short = arch_class_name.rsplit(".", 1)[-1]
-    if short in KNOWN_ARCHITECTURE_KEYS:
-        enc, stem, in_proj = KNOWN_ARCHITECTURE_KEYS[short]
-        in_proj = [k for k in in_proj if f"{k}.weight" in state_dict]
-        if not in_proj:
-            raise FoundationCheckpointError(
-                f"{short}: none of the expected input-projection keys {KNOWN_ARCHITECTURE_KEYS[short][2]} "
-                f"(+ '.weight') is in the state_dict")
-        return enc, stem, in_proj
-    first = next((k for k, v in state_dict.items() if k.endswith(".weight") and getattr(v, "ndim", 0) >= 3), None)
-    if first is None:
-        raise FoundationCheckpointError(f"{short}: no convolution weight found in the state_dict")
-    ptr = state_dict[first].data_ptr()
-    in_proj = [k[: -len(".weight")] for k, v in state_dict.items()
-               if k.endswith(".weight") and hasattr(v, "data_ptr") and v.data_ptr() == ptr]
-    stem = in_proj[0].rsplit(".", 1)[0]
-    return in_proj[0].split(".", 1)[0], stem, in_proj
+    from nnunetv2_petct.transfer.architecture import (
+        ArchitectureError,
+        aliases_of,
+        build_network,
+        network_keys,
+    )
+
+    name = str(architecture.get("network_class_name", "?"))
+    try:
+        keys = network_keys(build_network(architecture, num_input_channels, num_input_channels))
+        keys["source"] = "network attributes"
+    except ArchitectureError as e:
+        logger.warning("%s: key_to_encoder/key_to_stem/keys_to_in_proj guessed from the state dict (%s)", name, e)
+        first = next((k for k, v in state_dict.items() if k.endswith(".weight") and getattr(v, "ndim", 0) >= 3),
+                     None)
+        if first is None:
+            raise FoundationCheckpointError(f"{name}: no convolution weight found in the state_dict") from e
+        in_proj = [k[: -len(".weight")] for k in aliases_of(state_dict, first) if k.endswith(".weight")]
+        keys = {"key_to_encoder": in_proj[0].split(".", 1)[0], "key_to_stem": in_proj[0].rsplit(".", 1)[0],
+                "keys_to_in_proj": in_proj, "key_to_lpe": None, "source": "state-dict guess"}
+    for what in ("key_to_encoder", "key_to_stem"):
+        prefix = keys[what] + "."
+        if not any(k.startswith(prefix) for k in state_dict):
+            raise FoundationCheckpointError(f"{name}: {what}={keys[what]!r}, but the state_dict has no key under "
+                                            f"{prefix!r}")
+    missing = [k for k in keys["keys_to_in_proj"] if f"{k}.weight" not in state_dict]
+    if missing:
+        raise FoundationCheckpointError(f"{name}: input-projection module(s) {missing} have no '.weight' in the "
+                                        f"state_dict")
+    return keys
 
 
 def build_adaptation_plan(plans: Mapping[str, Any], configuration: str, num_input_channels: int,
@@ -157,6 +173,15 @@ def build_adaptation_plan(plans: Mapping[str, Any], configuration: str, num_inpu
     ``plans`` is nnU-Net's plans dict (as in ``nnUNetPlans.json``; ``inherits_from`` is resolved);
     ``num_input_channels`` is the network's (2 for CT+PET, 1 for a single-modality model);
     ``channel_names`` names them (dataset.json names of the selected channels).
+
+    What upstream nnU-Net's nnssl route reads (``nnUNetv2_preprocess_like_nnssl`` and ``PretrainedTrainer``):
+    ``pretrain_plan.configurations`` holds ONLY the trained configuration (upstream takes the first one's
+    ``spacing`` and ``patch_size``); ``architecture_plans`` has the full dotted class name (a short name makes
+    nnU-Net import every architecture module) and JSON-safe ``arch_kwargs`` with classes as dotted strings;
+    the module keys come from the built network (:func:`architecture_keys`); ``key_to_lpe`` is None
+    (convolutional networks have no positional embedding); ``recommended_downstream_patchsize`` is the
+    trained patch size.
+
     Raises FoundationCheckpointError when the configuration or its architecture entry is missing.
     """
     configs = plans.get("configurations", {})
@@ -166,31 +191,33 @@ def build_adaptation_plan(plans: Mapping[str, Any], configuration: str, num_inpu
     arch = config.get("architecture")
     if not arch or "network_class_name" not in arch:
         raise FoundationCheckpointError(f"plans configuration {configuration!r} has no 'architecture' entry")
-    enc, stem, in_proj = architecture_keys(arch["network_class_name"], state_dict)
-    arch_short = arch["network_class_name"].rsplit(".", 1)[-1]
+    keys = architecture_keys(arch, state_dict, num_input_channels)
+    pretrain_plan = {k: v for k, v in plans.items() if k != "configurations"}
+    pretrain_plan["configurations"] = {configuration: config}
     plan = {
         "architecture_plans": {
-            "arch_class_name": arch_short,
-            "arch_kwargs": dict(arch.get("arch_kwargs", {})),
-            "arch_kwargs_requiring_import": list(arch.get("_kw_requires_import", [])),
+            "arch_class_name": str(arch["network_class_name"]),
+            "arch_kwargs": dict(arch.get("arch_kwargs") or {}),
+            "arch_kwargs_requiring_import": list(arch.get("_kw_requires_import") or []),
         },
         "architecture": dict(arch),
-        "pretrain_plan": dict(plans),
+        "pretrain_plan": pretrain_plan,
         "configuration": configuration,
         "plans_name": plans.get("plans_name"),
         "pretrain_num_input_channels": int(num_input_channels),
         "recommended_downstream_patchsize": list(config.get("patch_size", [])),
         "patch_size": list(config.get("patch_size", [])),
         "spacing": list(config.get("spacing", [])),
+        "transpose_forward": list(plans.get("transpose_forward") or range(len(config.get("spacing", [])))),
         "normalization_schemes": list(config.get("normalization_schemes", [])),
         "use_mask_for_norm": list(config.get("use_mask_for_norm", [])),
         "foreground_intensity_properties_per_channel": dict(plans.get("foreground_intensity_properties_per_channel",
                                                                       {})),
         "channel_names": list(channel_names) if channel_names is not None else None,
-        "key_to_encoder": enc,
-        "key_to_stem": stem,
-        "keys_to_in_proj": list(in_proj),
-        "key_to_lpe": None,
+        "key_to_encoder": keys["key_to_encoder"],
+        "key_to_stem": keys["key_to_stem"],
+        "keys_to_in_proj": list(keys["keys_to_in_proj"]),
+        "key_to_lpe": keys["key_to_lpe"],
     }
     return plan
 
@@ -269,6 +296,49 @@ def validate_foundation_checkpoint(ckpt: Mapping[str, Any]) -> None:
         raise FoundationCheckpointError("petct_metadata must be a dict")
 
 
+def normalization_mismatch(plan: Mapping[str, Any], schemes: Sequence[str],
+                           use_mask_for_norm: Sequence[bool] | None = None) -> str | None:
+    """None when a target configuration normalizes its channels as the checkpoint's pretraining did, else why not.
+
+    ``plan`` is a foundation checkpoint's ``nnssl_adaptation_plan``; ``schemes`` / ``use_mask_for_norm`` are the
+    target plans configuration's ``normalization_schemes`` / ``use_mask_for_norm``. The scheme names must be
+    equal channel by channel; ``use_mask_for_norm`` is compared only for z-scored channels (CTNormalization
+    ignores it) and only when both sides record it. A plan that records no schemes matches anything (None).
+    The message names both sides and how to fix it (plans made from the checkpoint, or the same
+    ``--normalization`` choice).
+    """
+    from nnunetv2_petct.conversion.channels import normalization_choice
+
+    want = [str(s) for s in (plan.get("normalization_schemes") or [])]
+    if not want:
+        return None
+    have = [str(s) for s in schemes]
+
+    def label(s: Sequence[str]) -> str:
+        choice = normalization_choice(s) if len(s) == 2 else None
+        return f"{list(s)}" + (f" ({choice})" if choice else "")
+
+    problem = None
+    if have != want:
+        problem = f"the checkpoint was pretrained with normalization {label(want)}, the target plans use {label(have)}"
+    else:
+        want_mask = plan.get("use_mask_for_norm") or []
+        if use_mask_for_norm is not None and len(want_mask) == len(have) == len(use_mask_for_norm):
+            differ = [i for i, s in enumerate(have) if s == "ZScoreNormalization"
+                      and bool(want_mask[i]) != bool(use_mask_for_norm[i])]
+            if differ:
+                problem = (f"channel(s) {differ} are z-scored over the {'foreground mask' if want_mask[differ[0]] else 'whole image'} "
+                           f"in pretraining but not in the target plans (use_mask_for_norm {list(want_mask)} vs "
+                           f"{list(use_mask_for_norm)})")
+    if problem is None:
+        return None
+    return (f"{problem}. The network would see differently scaled inputs than it was trained on. Fix: preprocess "
+            f"the target with plans that match the checkpoint: `nnUNetv2_petct_import_weights CHECKPOINT -d "
+            f"TARGET` (writes them from the checkpoint), `nnUNetv2_petct_paper_plans -d TARGET --normalization "
+            f"CHOICE`, or `nnUNetv2_move_plans_between_datasets` from the pretraining dataset; "
+            f"then `nnUNetv2_preprocess -d TARGET -plans_name PLANS -c CONFIGURATION`.")
+
+
 def save_foundation_checkpoint(ckpt: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Validate ``ckpt`` and write it to ``path`` atomically (temporary file in the same folder, then rename).
 
@@ -309,6 +379,20 @@ def load_foundation_checkpoint(path: str | os.PathLike, map_location: Any = "cpu
         raise FoundationCheckpointError(f"{path} does not hold a dict")
     validate_foundation_checkpoint(ckpt)
     return ckpt
+
+
+def read_adaptation_plan(path: str | os.PathLike) -> dict | None:
+    """The ``nnssl_adaptation_plan`` of a checkpoint file, or None when it has none or is not weights_only-safe
+    (e.g. an nnU-Net training checkpoint). Memory-maps the file, so the tensors are not read."""
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # noqa: BLE001 - any file nnU-Net itself can load must pass here
+        logger.info("no adaptation plan read from %s: %s", path, e)
+        return None
+    plan = ckpt.get("nnssl_adaptation_plan") if isinstance(ckpt, dict) else None
+    return dict(plan) if isinstance(plan, Mapping) else None
 
 
 def check_writable_folder(folder: str | os.PathLike) -> Path:

@@ -36,7 +36,7 @@ def env(tmp_path):
 def test_convert_exit_codes(cases, tmp_path, env):
     src = write_autopet_layout(cases[:3], tmp_path / "autopet")
     out = _run("convert", ["--help"], env, 0)
-    assert "vimed-pet" in out and "--pet-normalization" in out
+    assert "vimed-pet" in out and "--pet-normalization" in out and "zscore-both" in out
     out = _run("convert", ["autopet", src, "-d", 221, "-q"], env, 0)
     assert "3 converted" in out
     out = _run("convert", ["autopet", src, "-d", 221, "-q"], env, 0)
@@ -61,6 +61,19 @@ def test_convert_bad_input_exits_2(cases, tmp_path, env):
     assert "no DEEP-PSMA case" in _run("convert", ["deep-psma", src, "-d", 222], env, 2)
     assert "do not apply" in _run("convert", ["autopet", src, "-d", 221, "--spacing", 1, 1, 1], env, 2)
     assert "invalid choice" in _run("convert", ["nocohort", src, "-d", 221], env, 2)
+    assert "contradicts" in _run("convert", ["autopet", src, "-d", 221, "--normalization", "zscore-both",
+                                             "--pet-normalization", "global"], env, 2)
+
+
+def test_convert_normalization_choice_is_recorded(cases, tmp_path, env):
+    src = write_autopet_layout(cases[:1], tmp_path / "autopet")
+    _run("convert", ["autopet", src, "-d", 221, "-q", "--normalization", "zscore-both"], env, 0)
+    dj = json.loads((tmp_path / "raw" / "Dataset221_AutoPET" / "dataset.json").read_text())
+    assert dj["channel_names"] == {"0": "CT_zscore", "1": "PET"}
+    assert dj["petct_normalization"]["choice"] == "zscore-both"
+    _run("convert", ["autopet", src, "-d", 222, "-q", "--pet-normalization", "global"], env, 0)  # older spelling
+    dj = json.loads((tmp_path / "raw" / "Dataset222_AutoPET" / "dataset.json").read_text())
+    assert dj["petct_normalization"]["choice"] == "pet-global" and dj["channel_names"]["1"] == "ct"
 
 
 def test_pretraining_and_splits_clis(cases, tmp_path, env):

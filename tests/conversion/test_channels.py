@@ -31,3 +31,13 @@ def test_channel_check_accepts_pet_named_ct_only_when_recorded_as_global():
     check_channels(names, pet_global=pet_normalized_globally(dataset_json))
     with pytest.raises(ChannelOrderError):  # CT must still come first
         check_channels({"0": "PET", "1": "ct"}, pet_global=True)
+
+
+def test_normalization_choice_names():
+    from nnunetv2_petct.conversion.channels import NORMALIZATION_SCHEMES, normalization_choice
+
+    assert normalization_choice(["CTNormalization", "ZScoreNormalization"]) == "nnunet"
+    assert normalization_choice(("ZScoreNormalization", "ZScoreNormalization")) == "zscore-both"
+    assert normalization_choice(["CTNormalization", "CTNormalization"]) == "pet-global"
+    assert normalization_choice(["ZScoreNormalization", "CTNormalization"]) is None
+    assert set(NORMALIZATION_SCHEMES) == {"nnunet", "pet-global", "zscore-both"}

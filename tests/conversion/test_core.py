@@ -220,6 +220,24 @@ def test_global_pet_normalization_channel_name(phantom_cases, tmp_path):
     assert dj["petct_normalization"]["schemes"]["1"] == "CTNormalization"
 
 
+def test_zscore_both_normalization_channel_names(phantom_cases, tmp_path):
+    """'zscore-both' names the CT channel so that nnU-Net 2.8.1 z-scores it per image, and our checks still see CT."""
+    from nnunetv2.preprocessing.normalization import map_channel_name_to_normalization as nn
+
+    from nnunetv2_petct.conversion.channels import channel_kind, check_channels
+
+    ds = tmp_path / "Dataset907_T"
+    convert_cases(_sources(phantom_cases[:1]), ds, ConversionOptions(labeled=True, pet_normalization="zscore-both"),
+                  name="T", quiet=True)
+    dj = json.loads((ds / "dataset.json").read_text())
+    names = dj["channel_names"]
+    assert [nn.get_normalization_scheme(names[k]).__name__ for k in ("0", "1")] == ["ZScoreNormalization"] * 2
+    assert channel_kind(names["0"]) == "CT" and channel_kind(names["1"]) == "PET"
+    check_channels(names)  # the trainers accept it
+    assert dj["petct_normalization"]["choice"] == "zscore-both"
+    assert dj["petct_normalization"]["schemes"] == {"0": "ZScoreNormalization", "1": "ZScoreNormalization"}
+
+
 def test_truncated_nifti_gz_is_detected_but_multi_member_gzip_is_fine(phantom_cases, tmp_path):
     import gzip
 

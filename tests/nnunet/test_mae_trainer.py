@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import cli, run
+from tests.transfer.upstream_reader import check_upstream_readable
 
 pytestmark = pytest.mark.slow
 
@@ -38,12 +39,14 @@ def test_foundation_checkpoint_contract(mae_run, tiny_dataset):
         assert (fold / name).is_file(), name
     ckpt = torch.load(fold / "foundation_final.pth", weights_only=True)  # plain types only
     plan = ckpt["nnssl_adaptation_plan"]
-    assert plan["architecture_plans"]["arch_class_name"] == "PlainConvUNet"
+    assert plan["architecture_plans"]["arch_class_name"].endswith(".unet.PlainConvUNet")
     assert plan["pretrain_num_input_channels"] == 2
     assert plan["patch_size"] == [32, 32, 32]  # the tiny plans
     assert plan["pretrain_plan"]["dataset_name"] == tiny_dataset.dataset_name
     assert plan["normalization_schemes"] == ["CTNormalization", "ZScoreNormalization"]
-    assert plan["key_to_encoder"] == "encoder" and plan["key_to_stem"] == "encoder.stages.0.0.convs.0"
+    assert plan["key_to_encoder"] == "encoder.stages" and plan["key_to_stem"] == "encoder.stages.0"
+    assert list(plan["pretrain_plan"]["configurations"]) == ["3d_fullres"]  # only the trained one
+    check_upstream_readable(fold / "foundation_final.pth")  # what upstream nnU-Net's nnssl route reads
     w = ckpt["network_weights"]
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in w)
     for key in plan["keys_to_in_proj"]:

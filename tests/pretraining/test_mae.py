@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from nnunetv2_petct.pretraining.mae import (
+    PAPER_BLOCK_SIZE_MM,
     CosineWarmupLR,
     MAEConfig,
     apply_mask,
@@ -21,6 +22,7 @@ from nnunetv2_petct.pretraining.mae import (
     masked_r2,
     masked_reconstruction_loss,
     resolve_block_size,
+    resolve_block_size_mm,
     sample_block_mask,
     seed_for,
 )
@@ -177,6 +179,25 @@ def test_config_round_trip_and_validation():
             MAEConfig(**bad)
     with pytest.raises(TypeError):
         MAEConfig.from_dict({**d, "typo": 1})
+
+
+def test_block_size_in_mm():
+    # the paper: 36x32x32 mm at 3x2x2 mm = 12x16x16 voxels (a 96x128x128 patch holds 8x8x8 of them)
+    assert resolve_block_size_mm((96, 128, 128), (3.0, 2.0, 2.0), PAPER_BLOCK_SIZE_MM) == (12, 16, 16)
+    # 36/8 = 4.5 -> 5 (halves round up), 32/6 = 5.33 -> 5
+    assert resolve_block_size_mm((32, 32, 32), (8.0, 6.0, 6.0), PAPER_BLOCK_SIZE_MM) == (5, 5, 5)
+    # 36/1 = 36 > the 32-voxel patch axis: clipped; a block never drops below 1 voxel
+    assert resolve_block_size_mm((32, 64, 64), (1.0, 1.0, 100.0), PAPER_BLOCK_SIZE_MM) == (32, 32, 1)
+    with pytest.raises(ValueError, match="same number of axes"):
+        resolve_block_size_mm((32, 32), (3.0, 2.0, 2.0), PAPER_BLOCK_SIZE_MM)
+    with pytest.raises(ValueError, match="positive"):
+        resolve_block_size_mm((32, 32, 32), (0.0, 2.0, 2.0), PAPER_BLOCK_SIZE_MM)
+    cfg = MAEConfig(block_size_mm=(36.0, 32.0, 32.0))
+    assert MAEConfig.from_dict(cfg.to_dict()) == cfg and cfg.to_dict()["block_size_mm"] == [36.0, 32.0, 32.0]
+    with pytest.raises(ValueError, match="not both"):
+        MAEConfig(block_size=(4, 4, 4), block_size_mm=(36.0, 32.0, 32.0))
+    with pytest.raises(ValueError, match="> 0"):
+        MAEConfig(block_size_mm=(36.0, 0.0, 32.0))
 
 
 def test_cosine_schedule_values():

@@ -56,6 +56,12 @@ the ``-pretrained_weights`` value in ``sys.argv`` (only for the log, the provena
 reason to refuse in scratch trainers). The digest is primary because it also covers programmatic use
 (``run_training(..., pretrained_weights=...)``) and cannot be fooled by an unrelated argv. Each run
 writes ``pretrained_weights.json`` (loaded or not, file name if known, digests) to the fold folder.
+
+Normalization check: when the weights file is known and records the pretraining normalization (foundation
+checkpoints: ``nnssl_adaptation_plan["normalization_schemes"]`` / ``["use_mask_for_norm"]``), a target
+configuration that normalizes differently is refused before training with the command that writes matching
+plans (:func:`nnunetv2_petct.transfer.foundation.normalization_mismatch`); files without that record (e.g.
+nnU-Net training checkpoints) are not checked.
 """
 
 from __future__ import annotations
@@ -72,6 +78,7 @@ from torch.optim.lr_scheduler import _LRScheduler
 
 from nnunetv2_petct.conversion.channels import channel_kind
 from nnunetv2_petct.nnunet.trainers.base import TinyScheduleMixin, nnUNetTrainerPETCT
+from nnunetv2_petct.transfer.foundation import normalization_mismatch, read_adaptation_plan
 from nnunetv2_petct.transfer.weights import tensor_digest
 
 PRETRAINED_INFO_FILE = "pretrained_weights.json"
@@ -240,6 +247,8 @@ class PretrainedWeightsPolicyMixin:
                     f"Drop -pretrained_weights, or use the pretrained counterpart "
                     f"(nnUNetTrainerPETCTFinetune / nnUNetTrainerPETCTLinearProbe)."
                 )
+        if loaded and argv_file and not continued:
+            self._check_pretraining_normalization(argv_file)
         info = {
             "trainer": name,
             "policy": self.pretrained_weights_policy,
@@ -259,6 +268,17 @@ class PretrainedWeightsPolicyMixin:
             os.makedirs(self.output_folder, exist_ok=True)
             with open(os.path.join(self.output_folder, PRETRAINED_INFO_FILE), "w") as f:
                 json.dump(info, f, indent=2)
+
+    def _check_pretraining_normalization(self, weights_file: str) -> None:
+        """Refuse weights pretrained with another normalization than this configuration's (when the file says)."""
+        plan = read_adaptation_plan(weights_file)
+        if plan is None:
+            return
+        cm = self.configuration_manager
+        problem = normalization_mismatch(plan, cm.normalization_schemes, cm.use_mask_for_norm)
+        if problem:
+            raise PretrainedWeightsError(f"{self.__class__.__name__}: {weights_file}: {problem}")
+        self.print_to_log_file(f"normalization matches the pretraining: {list(cm.normalization_schemes)}")
 
     def on_train_start(self):
         if not self.was_initialized:

@@ -74,6 +74,8 @@ from torch._dynamo import OptimizedModule
 from nnunetv2_petct.io import atomic_write
 from nnunetv2_petct.nnunet.trainers.base import PETCTChannelCheckMixin, TinyScheduleMixin
 from nnunetv2_petct.pretraining.mae import (
+    PAPER_BLOCK_SIZE,
+    PAPER_BLOCK_SIZE_MM,
     CosineWarmupLR,
     MAEConfig,
     center_patch,
@@ -81,6 +83,7 @@ from nnunetv2_petct.pretraining.mae import (
     mae_train_step,
     masked_r2,
     resolve_block_size,
+    resolve_block_size_mm,
     seed_for,
 )
 from nnunetv2_petct.transfer.foundation import (
@@ -122,7 +125,8 @@ class nnUNetTrainerPETCTMAE(PETCTChannelCheckMixin, nnUNetTrainer):
         self.probabilistic_oversampling = False
         self.enable_deep_supervision = False  # the reconstruction head is the final output
         # fails here, before anything is built, when the patch cannot hold the blocks
-        self.mae_block_size = resolve_block_size(self.configuration_manager.patch_size, cfg.block_size)
+        self._mae_block_warning: str | None = None
+        self.mae_block_size = self._resolve_mae_block_size()
         self._mae_generator: torch.Generator | None = None
         self._mae_val_generator: torch.Generator | None = None
         self._val_batch_index = 0
@@ -133,6 +137,29 @@ class nnUNetTrainerPETCTMAE(PETCTChannelCheckMixin, nnUNetTrainer):
         self._data_summary: dict = {}
 
     # ------------------------------------------------------------------ set-up
+
+    def _resolve_mae_block_size(self) -> tuple[int, ...]:
+        """Block size in voxels, in the plans' axis order: ``mae_config.block_size`` (voxels) or the automatic
+        rule, or ``mae_config.block_size_mm`` (given z, y, x; re-ordered with the plans' ``transpose_forward``)
+        at the configuration's spacing. With mm, a block other than the paper's 12x16x16 voxels sets
+        ``_mae_block_warning`` (printed to the training log by ``initialize``)."""
+        cfg = self.mae_config
+        patch = list(self.configuration_manager.patch_size)
+        if cfg.block_size_mm is None:
+            return resolve_block_size(patch, cfg.block_size)
+        n = len(patch)
+        axes = list(self.plans_manager.transpose_forward)[-n:]  # data axis i is original axis axes[i]
+        block_mm = [cfg.block_size_mm[a] for a in axes]
+        spacing = list(self.configuration_manager.spacing)
+        block = resolve_block_size(patch, resolve_block_size_mm(patch, spacing, block_mm))
+        paper = tuple(PAPER_BLOCK_SIZE[a] for a in axes)
+        if block != paper:
+            got_mm = [round(b * s, 2) for b, s in zip(block, spacing)]
+            self._mae_block_warning = (
+                f"WARNING: MAE blocks of {list(block_mm)} mm resolve to {list(block)} voxels ({got_mm} mm) at spacing "
+                f"{spacing} mm with patch {patch}; the paper used {list(paper)} voxels (36x32x32 mm at 3x2x2 mm, patch "
+                f"96x128x128). For the paper's set-up use plans from nnUNetv2_petct_paper_plans.")
+        return block
 
     def initialize(self):
         if self.was_initialized:
@@ -167,6 +194,8 @@ class nnUNetTrainerPETCTMAE(PETCTChannelCheckMixin, nnUNetTrainer):
                                f"| block size {list(self.mae_block_size)} over patch "
                                f"{list(self.configuration_manager.patch_size)} | network channels in/out {n} "
                                f"({', '.join(self.network_channel_names())})")
+        if self._mae_block_warning:
+            self.print_to_log_file(self._mae_block_warning)
 
     def network_channel_names(self) -> list[str]:
         """dataset.json names of the channels the network takes and reconstructs."""
@@ -591,6 +620,48 @@ class nnUNetTrainerPETCTMAE_SGDPoly(nnUNetTrainerPETCTMAE):
 
 class nnUNetTrainerPETCTMAE_SGDPoly_tiny(TinyScheduleMixin, nnUNetTrainerPETCTMAE_SGDPoly):
     """Tiny schedule."""
+
+
+class nnUNetTrainerPETCTMAE_paper(nnUNetTrainerPETCTMAE):
+    """The paper's pretraining recipe (Liu et al. 2026, SPEC §1), for plans from ``nnUNetv2_petct_paper_plans``
+    (its U-Net, 96x128x128 at 3x2x2 mm, batch 16):
+
+    - blocks of 36x32x32 mm (z, y, x), i.e. the paper's 12x16x16 voxels at 3x2x2 mm; other plans get the
+      nearest block in voxels and a WARNING in the training log;
+    - batch size from the plans (the paper's 16; the log notes another one: lr 5e-4 was chosen for 16);
+    - 250 epochs x 250 iterations = 62,500 iterations (the paper: 200 passes over 4,997 scans at batch 16);
+      10 validation iterations per epoch;
+    - AdamW lr 5e-4, weight decay 1e-5, linear warm-up over the first 5 epochs (1,250 iterations), then cosine
+      to 0; grad-norm clip 1; mixed precision on CUDA (nnU-Net's autocast + GradScaler);
+    - masking, loss and augmentation as :class:`nnUNetTrainerPETCTMAE` (ratio 0.5 per channel, zero
+      imputation, MSE(masked) + 0.2 MSE(visible), zoom 0.9-1.1, mirroring).
+    """
+
+    mae_config = nnUNetTrainerPETCTMAE.mae_config.replace(block_size_mm=PAPER_BLOCK_SIZE_MM, warmup_epochs=5)
+    paper_num_epochs = 250
+    paper_iterations_per_epoch = 250
+    paper_val_iterations_per_epoch = 10
+    paper_batch_size = 16
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):  # noqa: B008 (nnU-Net's exact signature)
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = self.paper_num_epochs
+        self.num_iterations_per_epoch = self.paper_iterations_per_epoch
+        self.num_val_iterations_per_epoch = self.paper_val_iterations_per_epoch
+
+    def on_train_start(self):
+        super().on_train_start()
+        batch = self.configuration_manager.batch_size
+        self.print_to_log_file(
+            f"paper recipe: {self.num_epochs} epochs x {self.num_iterations_per_epoch} iterations = "
+            f"{self.num_epochs * self.num_iterations_per_epoch} iterations at batch {batch}"
+            + ("" if batch == self.paper_batch_size else
+               f" (NOTE: the paper used batch {self.paper_batch_size}; lr {self.initial_lr} was chosen for it)"))
+
+
+class nnUNetTrainerPETCTMAE_paper_tiny(TinyScheduleMixin, nnUNetTrainerPETCTMAE_paper):
+    """:class:`nnUNetTrainerPETCTMAE_paper` with the tiny schedule (for tests)."""
 
 
 MAE_TRAINERS = tuple(
