@@ -373,7 +373,9 @@ def find_dicom_studies(root: Path, progress: bool = False) -> list[DicomStudy]:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"not a folder: {root}")
-    files = sorted(p for p in root.rglob("*") if p.is_file())
+    from nnunetv2_petct.conversion.core import walk_files
+
+    files = sorted(walk_files(root))  # folder links followed (each real folder once)
     if progress:
         from tqdm import tqdm
 
