@@ -75,6 +75,8 @@ CHANNEL_CONTENT_OVERRIDE_ENV = "NNUNETV2_PETCT_SKIP_CHANNEL_CONTENT_CHECK"
 #: HU below this occur in fat (-100), lung (-800) and air (-1000); PET (SUV, Bq/ml, counts) is
 #: non-negative up to reconstruction noise and never reaches it.
 PET_MIN_PLAUSIBLE_P00_5 = -100.0
+#: A PET minimum below this is tissue HU (fat), not noise around 0.
+PET_MIN_PLAUSIBLE_MIN = -50.0
 
 
 def channel_content_problems(properties: Mapping[str, Mapping], expected: Sequence[str] = ("CT", "PET")
@@ -90,7 +92,8 @@ def channel_content_problems(properties: Mapping[str, Mapping], expected: Sequen
     1. A PET channel must not be HU-like: its 0.5th percentile must be >= -100 (fat, lung and air are
        below; PET values are >= 0 up to noise).
     2. The CT channel must not be the non-negative one of the pair: a CT channel without any negative
-       value (min >= 0) next to a PET channel with negative values means the two are swapped.
+       value (min >= 0) next to a "PET" channel reaching below -50 (fat, not reconstruction noise, which
+       stays within a few SUV/counts of 0) means the two are swapped.
 
     A CT channel without negative values next to a non-negative PET (e.g. only contrast-enhanced
     lesions, or a CT stored with an offset) cannot be judged from these statistics: that gives a note,
@@ -116,7 +119,7 @@ def channel_content_problems(properties: Mapping[str, Mapping], expected: Sequen
         lo_c, hi_c = stat(c, "min"), stat(c, "max")
         if lo_c is None or lo_c < 0:
             continue
-        negative_pet = [i for i in pet if (stat(i, "min") or 0.0) < 0]
+        negative_pet = [i for i in pet if (stat(i, "min") or 0.0) < PET_MIN_PLAUSIBLE_MIN]
         if negative_pet:
             i = negative_pet[0]
             problems.append(f"channel {c} (_{c:04d}, CT) has no negative value in the foreground (range {lo_c:g}.."

@@ -562,7 +562,7 @@ def convert_one(source: CaseSource, dataset_dir: str, options: ConversionOptions
         record["conversion_options"] = options_key(options)
         write_json_atomic(record, paths["record"])
     except Exception as e:  # noqa: BLE001 - a bad case must never stop the others
-        reason = str(e) if isinstance(e, ConversionError) else f"{type(e).__name__}: {e}"
+        reason = str(e) if isinstance(e, (ConversionError, WriteError)) else f"{type(e).__name__}: {e}"
         if not isinstance(e, ConversionError):
             logger.debug("case %s failed:\n%s", source.case_id, traceback.format_exc())
         for key in ("record", "ct", "pet", "label"):  # a failed case leaves nothing behind (old files too)
@@ -652,19 +652,19 @@ def source_tree_links(root: str | os.PathLike, max_items: int = 3) -> list[str]:
     followed, again, broken = [], [], []
     seen: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames.sort()
         real = os.path.realpath(dirpath)
         if real in seen:
             again.append(dirpath)
             dirnames[:] = []
             continue
         seen.add(real)
-        for name in dirnames + filenames:
+        if os.path.islink(dirpath) and os.path.abspath(dirpath) != os.path.abspath(root):
+            followed.append(dirpath)
+        for name in sorted(filenames):
             full = os.path.join(dirpath, name)
-            if os.path.islink(full):
-                if not os.path.exists(full):
-                    broken.append(full)
-                elif os.path.isdir(full):
-                    followed.append(full)
+            if os.path.islink(full) and not os.path.exists(full):
+                broken.append(full)
     notes = []
     for items, text in ((followed, "folder link(s) followed"),
                         (again, "folder link(s) skipped: they lead to a folder visited already (a loop or a "

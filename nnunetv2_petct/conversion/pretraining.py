@@ -207,7 +207,7 @@ def assemble_one(src_dir: str, record: dict, out_dir: str, new_id: str, crop: bo
             new["channels"][k]["file"] = str(dst[key].relative_to(out))
         write_json_atomic(new, dst["record"])
     except Exception as e:  # noqa: BLE001 - one bad case must not stop the others
-        reason = str(e) if isinstance(e, ConversionError) else f"{type(e).__name__}: {e}"
+        reason = str(e) if isinstance(e, (ConversionError, WriteError)) else f"{type(e).__name__}: {e}"
         for key in ("record", "ct", "pet", "label"):  # nothing half-built stays behind
             if dst[key].exists():
                 dst[key].unlink()

@@ -216,13 +216,16 @@ class SafeCheckpointMixin:
         with atomic_write(filename) as tmp:
             torch.save(checkpoint, tmp)
 
-    def read_training_checkpoint(self, filename_or_checkpoint) -> dict:
-        """The checkpoint dict (a dict passes through); falls back to another checkpoint when corrupt."""
-        if not isinstance(filename_or_checkpoint, (str, os.PathLike)):
-            return filename_or_checkpoint
-        path = Path(filename_or_checkpoint)
+    def resolve_training_checkpoint(self, filename: str | os.PathLike) -> tuple[Path, dict]:
+        """``(file, checkpoint dict)`` to resume from: ``filename`` when it reads with ``weights_only=True``,
+        else the newest readable other training checkpoint of its folder (a warning names the corrupt file).
+
+        Raises:
+            CheckpointReadError: ``filename`` is unreadable and no other checkpoint can stand in.
+        """
+        path = Path(filename)
         try:
-            return read_checkpoint_safely(path, self.device, allow_numpy_scalars=True)
+            return path, read_checkpoint_safely(path, self.device, allow_numpy_scalars=True)
         except (FileNotFoundError, IncompatibleCheckpointError) as e:
             reason = str(e)
         candidates = []
@@ -244,12 +247,29 @@ class SafeCheckpointMixin:
         epoch, other, ckpt = max(candidates, key=lambda c: c[0])
         self.print_to_log_file(f"WARNING: {reason}. Continuing from {other.name} instead (epoch {epoch}); the "
                                f"epochs after it are trained again.")
-        return ckpt
+        return other, ckpt
+
+    def read_training_checkpoint(self, filename_or_checkpoint) -> dict:
+        """The checkpoint dict of :meth:`resolve_training_checkpoint` (a dict passes through)."""
+        if not isinstance(filename_or_checkpoint, (str, os.PathLike)):
+            return filename_or_checkpoint
+        return self.resolve_training_checkpoint(filename_or_checkpoint)[1]
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         if not self.was_initialized:
             self.initialize()
-        super().load_checkpoint(self.read_training_checkpoint(filename_or_checkpoint))
+        if isinstance(filename_or_checkpoint, (str, os.PathLike)):
+            path, checkpoint = self.resolve_training_checkpoint(filename_or_checkpoint)
+            # nnU-Net 2.8.1 reads the file itself (its dict branch is broken); this file was just read
+            # with weights_only=True, so its pickle holds only plain types and tensors
+            super().load_checkpoint(str(path))
+        else:
+            checkpoint = filename_or_checkpoint
+            super().load_checkpoint(checkpoint)
+        self.on_checkpoint_loaded(checkpoint)
+
+    def on_checkpoint_loaded(self, checkpoint: dict) -> None:
+        """Hook: after nnU-Net restored its state from ``checkpoint`` (subclasses restore their own)."""
 
 
 class TinyScheduleMixin:

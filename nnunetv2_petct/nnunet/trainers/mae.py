@@ -351,11 +351,8 @@ class nnUNetTrainerPETCTMAE(PETCTChannelCheckMixin, CheckedPretrainedWeightsMixi
         :class:`~nnunetv2_petct.nnunet.trainers.base.SafeCheckpointMixin`)."""
         return {**super().checkpoint_payload(), "mae_state": self.mae_state()}
 
-    def load_checkpoint(self, filename_or_checkpoint) -> None:
-        if not self.was_initialized:
-            self.initialize()
-        checkpoint = self.read_training_checkpoint(filename_or_checkpoint)  # weights_only; falls back if corrupt
-        super().load_checkpoint(checkpoint)
+    def on_checkpoint_loaded(self, checkpoint: dict) -> None:
+        """Restore the MAE state after nnU-Net's (``load_checkpoint``: weights-only, falls back when corrupt)."""
         state = checkpoint.get("mae_state")
         if state is None:
             self.print_to_log_file("WARNING: checkpoint has no MAE state (not written by an MAE trainer); "
