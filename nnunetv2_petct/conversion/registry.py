@@ -21,9 +21,11 @@ from nnunetv2_petct.conversion.core import (
     ConversionReport,
     Discovery,
     LayoutError,
+    check_dataset_folder,
     convert_cases,
     source_tree_links,
 )
+from nnunetv2_petct.io import probe_writable_dir
 
 logger = logging.getLogger(__name__)
 
@@ -184,6 +186,12 @@ def convert_cohort(cohort: str, source: str | os.PathLike, dataset_id: int, raw_
         raise BadInputError(f"source folder {source} does not exist")
     raw = resolve_raw_dir(raw_dir)
     dataset_dir = dataset_folder(raw, dataset_id, name or spec.default_name)
+    # before the (possibly long) discovery: a folder this tool did not write, or an output that cannot
+    # take a new dataset folder at all (an existing folder is judged after planning: a run with nothing
+    # to do must also work read-only)
+    check_dataset_folder(dataset_dir, "converted", "nnUNetv2_petct_convert")
+    if not dataset_dir.exists():
+        probe_writable_dir(raw, "nnU-Net raw folder")
     _check_existing_cohort(dataset_dir, cohort, overwrite)
     discovery = spec.discover(source, **{k: v for k, v in options.items() if v is not None})
     if not discovery.sources:

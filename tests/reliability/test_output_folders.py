@@ -42,7 +42,8 @@ def test_output_below_a_regular_file_exits_2_for_convert_and_pretraining(source,
                    cli_env(tmp_path))
     assert proc.returncode == 2
     line = _one_error_line(proc.stderr)
-    assert str(blocker / "raw" / "Dataset250_AutoPET") in line and "a part of the path is a file" in line
+    assert line.startswith(f"error: cannot create the nnU-Net raw folder {blocker / 'raw'}: ")
+    assert "a part of the path is a file, not a folder" in line
     # a dataset "folder" that is a file
     (tmp_path / "raw").mkdir()
     (tmp_path / "raw" / "Dataset251_AutoPET").write_text("x")
