@@ -53,7 +53,7 @@ def test_swapped_channels_fail_at_trainer_start_through_nnunetv2_train(tiny_plan
     assert channel_content_problems(real_fp["foreground_intensity_properties_per_channel"]) == ([], [])
 
     # the same cases with the files of the two channels exchanged, names still CT/PET
-    swapped = raw / "Dataset503_PETCTSwappedFiles"
+    swapped = raw / "Dataset517_PETCTSwappedFiles"
     shutil.copytree(raw / d.dataset_name, swapped)
     for f in sorted((swapped / "imagesTr").glob("*_0000.nii.gz")):
         pet = f.with_name(f.name.replace("_0000", "_0001"))
@@ -62,14 +62,14 @@ def test_swapped_channels_fail_at_trainer_start_through_nnunetv2_train(tiny_plan
         pet.rename(f)
         tmp.rename(pet)
     env = {**d.env, "nnUNet_results": str(tmp_path / "results")}
-    proc = run_cli("nnUNetv2_extract_fingerprint", ["-d", 503, "-np", 1], {**env, "nnUNet_n_proc_DA": "1"})
+    proc = run_cli("nnUNetv2_extract_fingerprint", ["-d", 517, "-np", 1], {**env, "nnUNet_n_proc_DA": "1"})
     assert proc.returncode == 0, proc.stderr
     plans = json.loads((pre / d.dataset_name / "nnUNetPlans.json").read_text())
     plans["dataset_name"] = swapped.name
     (pre / swapped.name / "nnUNetPlans.json").write_text(json.dumps(plans))
     shutil.copy(swapped / "dataset.json", pre / swapped.name / "dataset.json")
 
-    args = [503, "3d_fullres", 0, "-tr", "nnUNetTrainerPETCT_tiny", "-device", "cpu"]
+    args = [517, "3d_fullres", 0, "-tr", "nnUNetTrainerPETCT_tiny", "-device", "cpu"]
     proc = run_cli("nnUNetv2_train", args, env, timeout=600)
     assert proc.returncode != 0
     assert "ChannelOrderError: the dataset's channel contents do not match their names" in proc.stderr
