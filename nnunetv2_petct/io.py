@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import gzip
 import io
 import json
@@ -30,6 +31,7 @@ import threading
 import time
 import traceback
 import uuid
+import zipfile
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -41,7 +43,11 @@ logger = logging.getLogger(__name__)
 
 
 class WriteError(OSError):
-    """A file could not be written completely (the final path was left untouched)."""
+    """A file could not be written completely (the final path was left untouched).
+
+    ``errno`` is the operating system's error number when the cause was a failed system call (e.g.
+    ``errno.ENOSPC``), None when the written file failed verification (truncated, empty, corrupt).
+    """
 
 
 class IncompleteFileError(ValueError):
@@ -128,12 +134,15 @@ def _check_json(path: Path, what: str) -> None:
 
 
 _NEVER_EMPTY = (".pth", ".pt", ".png", ".pdf", ".dcm", ".b2nd", ".npy", ".npz", ".pkl")
+_ZIP_CONTAINERS = (".pth", ".pt", ".npz")
 
 
 def verify_written(path: str | os.PathLike, what: str | None = None) -> None:
     """The default check of :func:`atomic_write`: ``path`` exists; ``.gz`` files are complete gzip (NIfTI:
-    of the size the header implies, :func:`check_nifti_gz_complete`), ``.json`` files parse, and binary
-    formats that are never empty (``.pth``, ``.png``, ``.dcm``, ...) are not empty. Text files may be empty.
+    of the size the header implies, :func:`check_nifti_gz_complete`), ``.json`` files parse, binary
+    formats that are never empty (``.pth``, ``.png``, ``.dcm``, ...) are not empty, and ``.pth``/``.pt``/
+    ``.npz`` files in zip format (``torch.save``) have a readable zip central directory. Text files may
+    be empty.
 
     Raises:
         IncompleteFileError: naming ``what`` (default: the path).
@@ -151,6 +160,22 @@ def verify_written(path: str | os.PathLike, what: str | None = None) -> None:
         _check_json(path, name)
     elif low.endswith(_NEVER_EMPTY) and size == 0:
         raise IncompleteFileError(f"{name} is empty after writing")
+    elif low.endswith(_ZIP_CONTAINERS):
+        _check_zip_if_zip(path, name)
+
+
+def _check_zip_if_zip(path: Path, what: str) -> None:
+    """A file that starts like a zip archive (torch.save's format, ``.npz``) must have its central
+    directory (written last, so a short write loses it); files in other formats (legacy pickles) pass."""
+    with open(path, "rb") as f:
+        start = f.read(4)
+    if start != b"PK\x03\x04":
+        return
+    try:
+        with zipfile.ZipFile(path) as z:
+            z.infolist()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise IncompleteFileError(f"{what} is not a complete zip archive ({e})") from None
 
 
 def _fsync_file(path: Path) -> None:
@@ -160,6 +185,98 @@ def _fsync_file(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+# ----------------------------------------------------------------------------------- output folders
+_ERRNO_HINTS = {
+    errno.ENOSPC: "disk full, or no free inodes",
+    errno.EDQUOT: "your disk quota is used up",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EMFILE: "raise the limit with `ulimit -n`",
+}
+
+#: errno values that concern the whole output folder (every further write would fail the same way).
+FATAL_WRITE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
+                                errno.ENOTDIR, errno.EMFILE, errno.ENFILE})
+
+
+def describe_os_error(e: OSError | int) -> str:
+    """A short reason for an ``OSError`` (or an errno) in words, without a traceback: the system's
+    message plus a hint for the common output-folder problems (``"No space left on device (disk full,
+    or no free inodes)"``)."""
+    code = e if isinstance(e, int) else e.errno
+    text = os.strerror(code) if isinstance(e, int) else str(e.strerror or e)
+    hint = _ERRNO_HINTS.get(code)
+    return f"{text} ({hint})" if hint else text
+
+
+def _write_error(message: str, cause: BaseException | None = None) -> WriteError:
+    err = WriteError(message)
+    err.errno = getattr(cause, "errno", None)
+    return err
+
+
+def disk_space_problem(folder: str | os.PathLike, min_free_bytes: int = 1 << 20) -> str | None:
+    """Why nothing can be written to the file system of ``folder`` (its nearest existing parent), or None.
+
+    Uses ``os.statvfs``: fewer than ``min_free_bytes`` available to this user -> "disk full"; no free
+    inode (on file systems that count inodes) -> "no free inodes". Not a guarantee in the other
+    direction (quotas, a disk filling meanwhile): writes are still verified.
+    """
+    p = Path(folder)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        st = os.statvfs(p)
+    except (OSError, AttributeError):
+        return None
+    if st.f_files > 0 and st.f_favail == 0:
+        return f"no free inodes on the file system of {p} (no new file can be created)"
+    if st.f_bavail * st.f_frsize < min_free_bytes:
+        return f"the disk of {p} is full ({st.f_bavail * st.f_frsize} bytes available)"
+    return None
+
+
+def probe_writable_dir(folder: str | os.PathLike, what: str = "output folder") -> Path:
+    """Make sure files can be written into ``folder`` (created if needed); returns it.
+
+    Checks, once and up front, what would otherwise fail on every file: the path (or a parent) is a
+    file, missing permission, a read-only file system, a full disk or no free inodes
+    (:func:`disk_space_problem`), too many open files. A small probe file is written atomically and
+    removed again.
+
+    Raises:
+        WriteError: one line naming ``folder`` and the reason (``errno`` set where the system gave one).
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        err = _write_error(f"cannot write to the {what} {folder}: it is a file, not a folder")
+        err.errno = errno.ENOTDIR
+        raise err
+    problem = disk_space_problem(folder)
+    if problem:
+        err = _write_error(f"cannot write to the {what} {folder}: {problem}")
+        err.errno = errno.ENOSPC
+        raise err
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as e:  # a parent is a file
+        raise _write_error(f"cannot create the {what} {folder}: a part of the path is a file, not a folder",
+                           e) from None
+    except OSError as e:
+        raise _write_error(f"cannot create the {what} {folder}: {describe_os_error(e)}", e) from None
+    probe = folder / f".nnunetv2_petct_write_probe_{os.getpid()}"
+    try:
+        with atomic_write(probe, verify=None) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(b"probe")
+    except WriteError as e:
+        reason = describe_os_error(e.errno) if e.errno else str(e)
+        raise _write_error(f"cannot write to the {what} {folder}: {reason}", e) from None
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+    return folder
 
 
 # ------------------------------------------------------------------------------------------- writing
@@ -188,12 +305,14 @@ def atomic_write_many(paths: Sequence[str | os.PathLike], *, tmp_dir: str | os.P
             final.parent.mkdir(parents=True, exist_ok=True)
             tmps.append(temporary_path(final, tmp_dir))
     except OSError as e:
-        raise WriteError(f"cannot write {finals[len(tmps)]}: {e.strerror or e}") from None
+        raise _write_error(f"cannot write {finals[len(tmps)]}: {describe_os_error(e)}", e) from None
     try:
         try:
             yield list(tmps)
+        except WriteError:
+            raise
         except OSError as e:
-            raise WriteError(f"cannot write {', '.join(map(str, finals))}: {e.strerror or e}") from e
+            raise _write_error(f"cannot write {', '.join(map(str, finals))}: {describe_os_error(e)}", e) from e
         current = finals[0]
         try:
             for tmp, final in zip(tmps, finals):
@@ -207,7 +326,7 @@ def atomic_write_many(paths: Sequence[str | os.PathLike], *, tmp_dir: str | os.P
         except IncompleteFileError as e:
             raise WriteError(f"writing {current} failed: {e} (disk full?)") from None
         except OSError as e:
-            raise WriteError(f"cannot write {current}: {e.strerror or e}") from None
+            raise _write_error(f"cannot write {current}: {describe_os_error(e)}", e) from None
     finally:
         for tmp in tmps:
             with contextlib.suppress(OSError):
@@ -331,6 +450,21 @@ def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> Path:
     with atomic_write(path) as tmp:
         tmp.write_bytes(data)
     return path
+
+
+def describe_itk_error(e: BaseException) -> str:
+    """The reason in a SimpleITK/ITK exception in words, without ITK's source-file paths and line numbers
+    (``"not an image file ITK can read (unknown format, or the file is corrupt)"``)."""
+    import re
+
+    text = str(e)
+    if "Unable to determine ImageIO reader" in text:
+        return "not an image file ITK can read (unknown format, or the file is corrupt)"
+    text = re.sub(r"\S+\.(?:cxx|cpp|hxx|txx|h):\d+:?", "", text)
+    text = re.sub(r"Exception thrown in SimpleITK \w+:", "", text)
+    text = re.sub(r"(?:sitk|itk)::ERROR:|ITK ERROR:", "", text)
+    text = " ".join(text.split())
+    return text[:200] or type(e).__name__
 
 
 # ---------------------------------------------------------------------------------------------- JSON

@@ -27,6 +27,11 @@ modes
      starting point, not a network that computes either model's features; with first/second the other
      modality enters features never trained on it. Neither equals joint pretraining or a dual-branch
      model; fine-tune after merging.
+  4) --import-trusted: turn a legacy checkpoint that needs unsafe unpickling (Python objects, numpy values,
+     a bare state dict) into a weights-only one. The input is loaded with torch.load(weights_only=False),
+     which RUNS CODE stored in the file: only for files whose origin you trust.
+       nnUNetv2_petct_adapt_checkpoint old_model.pth --import-trusted -o old_model_safe.pth
+     Every input is otherwise read with weights_only=True; a file that needs more is refused with this hint.
   3) --check TARGET: would nnUNetv2_train -pretrained_weights accept the checkpoint for TARGET (a plans
      file, a trained-model folder, or a preprocessed dataset folder)? Lists the differing tensors and the
      fix (adapt the channels, or transfer the plans with nnUNetv2_move_plans_between_datasets).
@@ -56,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rule", choices=("average", "first", "second"), default="average",
                    help="merge rule for the non-input tensors (default: average; see below)")
     p.add_argument("-o", "--output", help="output checkpoint (.pth)")
+    p.add_argument("--import-trusted", action="store_true",
+                   help="convert a TRUSTED legacy checkpoint (loaded with weights_only=False: code in it runs) "
+                        "into a weights-only file (-o)")
     p.add_argument("--check", metavar="PLANS_OR_MODEL_DIR",
                    help="check against a plans file, a trained-model folder or a preprocessed dataset folder")
     p.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier for a preprocessed folder")
@@ -85,9 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         return _err("give either a checkpoint (with --keep/--check) or --ct/--pet, not both")
     if not merge and not a.checkpoint:
         return _err("no checkpoint given (see --help)")
-    if not merge and not a.keep and not a.check:
-        return _err("nothing to do: give --keep CHANNEL, --ct/--pet, or --check TARGET")
-    if (a.keep or merge) and not a.output:
+    if a.import_trusted and (merge or a.keep):
+        return _err("--import-trusted converts one checkpoint; adapt the result in a second call")
+    if not merge and not a.keep and not a.check and not a.import_trusted:
+        return _err("nothing to do: give --keep CHANNEL, --ct/--pet, --import-trusted or --check TARGET")
+    if (a.keep or merge or a.import_trusted) and not a.output:
         return _err("-o OUTPUT is required to write the adapted checkpoint")
     if a.output and Path(a.output).exists() and not a.force:
         return _err(f"{a.output} exists (use -f to overwrite)")
@@ -100,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
                 if isinstance(ck["petct_metadata"], dict):
                     ck["petct_metadata"]["source_file"] = str(Path(path).resolve())
             result = W.merge_single_channel_checkpoints(sources, rule=a.rule, channel_names=("CT", "PET"))
+        elif a.import_trusted:
+            result = W.import_trusted_checkpoint(a.checkpoint)
         else:
             result = W.load_checkpoint(a.checkpoint)
             if a.keep:
@@ -108,6 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, W.IncompatibleCheckpointError, ValueError) as e:
         return _err(str(e))
 
+    if a.output and a.import_trusted:
+        W.save_checkpoint(result, a.output)
+        W.load_checkpoint(a.output)  # proof: the written file loads with weights_only=True
+        if not a.quiet:
+            print(f"wrote {a.output} (weights-only; {len(result['network_weights'])} tensors imported from "
+                  f"{a.checkpoint})")
     if a.output and (a.keep or merge):
         W.save_checkpoint(result, a.output)
         if not a.quiet:

@@ -1,7 +1,8 @@
 """``nnUNetv2_petct_convert``: convert a public PET/CT cohort into an nnU-Net raw dataset.
 
 Exit codes: 0 all cases converted (or already done), 1 some case failed (the others are written),
-2 bad input (unknown cohort, missing folder, layout mismatch, no nnUNet_raw).
+2 bad input (unknown cohort, missing folder, layout mismatch, no nnUNet_raw, a dataset folder this tool
+did not write) or an output folder that cannot be written (read-only, not a folder, disk full).
 """
 
 from __future__ import annotations
@@ -42,7 +43,16 @@ output: $nnUNet_raw/DatasetXXX_<Name>/ with imagesTr (_0000 = CT in HU, _0001 = 
 case: units, spacing, shape and statistics of the files as written, the source's under source_values,
 assumptions; DICOM: the series chosen and why the others were not), conversion_failures.json.
 Labeled cohorts keep the PET grid (no crop); unlabeled ones are cropped to the body (--no-crop).
-Re-running skips finished cases (--overwrite redoes them).
+The folder carries a marker (.nnunetv2_petct.json: tool version, cohorts, options); an existing folder
+without it (not written by this tool) is refused. Re-running reuses a finished case only when its
+source files (path, size, modification time, recorded in the manifest) and the options are unchanged;
+other cases are converted again. --overwrite reconverts everything and removes cases and files that
+are not in the source. A re-run with nothing to do writes nothing.
+Non-finite voxels (NaN/inf; read from the NIfTI data itself, as ITK would turn them into 0) fail the
+case unless --nonfinite zero; PET beyond +-1e4 SUV (+-1e10 in other units) and CT beyond +-1e5 HU are
+refused as implausible.
+
+exit codes: 0 done, 1 some case failed (the others are written), 2 bad input or unwritable output.
 
 examples:
   nnUNetv2_petct_convert autopet /data/FDG-PET-CT-Lesions -d 221 -np 8
@@ -81,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "Pretraining and target datasets must use the same choice")
     p.add_argument("--pet-normalization", choices=("zscore", "global"), default=None,
                    help="older spelling: zscore = --normalization nnunet, global = --normalization pet-global")
+    p.add_argument("--nonfinite", choices=("error", "zero"), default="error",
+                   help="NaN/inf voxels in a source image: error = the case fails (default); zero = set them "
+                        "to 0 (counts recorded in the manifest, warned about)")
     p.add_argument("--min-overlap", type=float, default=0.5,
                    help="fail a case whose CT covers less than this fraction of the PET's axial extent (0.5); "
                         "with less, the PET outside the CT gets -1024 HU in the CT channel")
@@ -120,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from nnunetv2_petct.conversion.core import BadInputError
     from nnunetv2_petct.conversion.registry import convert_cohort
+    from nnunetv2_petct.io import WriteError
 
     if a.num_processes < 1:
         parser.error("-np must be >= 1")
@@ -132,9 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         report = convert_cohort(
             a.cohort, a.source, a.dataset_id, a.raw_dir, name=a.name, num_processes=a.num_processes,
             overwrite=a.overwrite, quiet=a.quiet, crop=a.crop, pet_normalization=normalization,
-            min_overlap_fraction=a.min_overlap, **options,
+            min_overlap_fraction=a.min_overlap, nonfinite=a.nonfinite, **options,
         )
-    except BadInputError as e:
+    except (BadInputError, WriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(report.summary())

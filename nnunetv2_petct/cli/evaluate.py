@@ -18,7 +18,8 @@ metrics: inputs are binarized (label > 0); lesions are 18-connected components; 
 NaN for an empty ground truth, FPV is 0 for an empty prediction; volumes use the reference spacing.
 SUVpeak = mean SUV in a 1 ml sphere around the hottest lesion voxel, not restricted to the lesion.
 
-exit codes: 0 ok, 2 bad input (missing folder, case sets or geometries that differ; cases named).
+exit codes: 0 ok, 2 bad input (missing folder, case sets or geometries that differ, empty or truncated
+files; each named) or an output folder that cannot be written (a file, read-only, disk full).
 """
 
 
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from nnunetv2_petct.evaluation import EvaluationInputError, evaluate_folders
+    from nnunetv2_petct.io import WriteError
 
     if args.np < 1:
         print(f"error: -np must be >= 1, got {args.np}", file=sys.stderr)
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = evaluate_folders(args.ref, args.pred, args.o, pet_dir=args.pet, overlap=args.overlap,
                                    num_processes=args.np, quiet=args.q)
-    except EvaluationInputError as e:
+    except (EvaluationInputError, WriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not args.q:

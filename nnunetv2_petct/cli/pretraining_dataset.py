@@ -1,6 +1,7 @@
 """``nnUNetv2_petct_pretraining_dataset``: merge converted datasets into one unlabeled pretraining set.
 
-Exit codes: 0 done, 1 some case failed (the others are written), 2 bad input.
+Exit codes: 0 done, 1 some case failed (the others are written), 2 bad input (including an output
+folder this tool did not write) or an output folder that cannot be written.
 """
 
 from __future__ import annotations
@@ -44,13 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from nnunetv2_petct.conversion.core import BadInputError
     from nnunetv2_petct.conversion.pretraining import build_pretraining_dataset
+    from nnunetv2_petct.io import WriteError
 
     try:
         summary = build_pretraining_dataset(
             a.dataset_id, a.sources, a.raw_dir, name=a.name, exclude=a.exclude, crop=a.crop,
             num_processes=a.num_processes, overwrite=a.overwrite, quiet=a.quiet,
         )
-    except BadInputError as e:
+    except (BadInputError, WriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"{summary.dataset_dir}: numTraining = {summary.num_training} ({summary.seconds:.1f} s)")

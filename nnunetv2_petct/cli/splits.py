@@ -11,7 +11,6 @@ Exit codes: 0 written, 2 bad input (dataset not found, impossible split, nnUNet_
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -71,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     from nnunetv2_petct.conversion.core import BadInputError, read_manifest
     from nnunetv2_petct.conversion.registry import find_dataset_dir, resolve_raw_dir
-    from nnunetv2_petct.io import CaseListError, read_case_list
+    from nnunetv2_petct.io import CaseListError, read_case_list, write_json_atomic
     from nnunetv2_petct.transfer import splits as S
 
     try:
@@ -90,8 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             ps = S.paper_protocol(records, a.fraction, a.csv_dir, seed=seed, allow_missing=a.allow_missing)
             splits = ps.splits
             info_path = Path(out).parent / f"paper_split_{a.fraction}pct.json"
-            info_path.parent.mkdir(parents=True, exist_ok=True)
-            info_path.write_text(json.dumps(ps.to_dict(), indent=2) + "\n")
+            write_json_atomic(ps.to_dict(), info_path)
             cv = f"folds 0-{len(splits) - 2} CV in the pool, " if len(splits) > 1 else "no CV (too few patients), "
             msg = (f"paper {a.fraction} %: training pool {len(ps.train_pool)} cases, test {len(ps.test)} cases; "
                    f"{cv}fold {len(splits) - 1} pool vs test; "

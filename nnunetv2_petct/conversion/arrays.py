@@ -34,11 +34,23 @@ def load_array(path: Path | str, key_hint: str = "") -> np.ndarray:
     For ``.npz`` the array is the only one in the archive, else the one whose key equals
     ``key_hint`` (case-insensitive), else one of ``data``, ``image``, ``arr_0``.
 
+    Only integer and floating-point arrays are image intensities: boolean, complex, string, structured
+    or object arrays are refused (``allow_pickle`` stays off).
+
     Raises:
-        ConversionError: unreadable file, or an archive with several arrays and no matching key
-            (the message lists the keys).
+        ConversionError: unreadable file, an archive with several arrays and no matching key
+            (the message lists the keys), or an array whose type cannot hold intensities.
     """
-    path = Path(path)
+    array = _load_array(Path(path), key_hint)
+    if array.dtype.kind not in "iuf":
+        kinds = {"b": "boolean", "c": "complex", "U": "text", "S": "bytes", "V": "structured", "O": "object",
+                 "M": "datetime", "m": "timedelta"}
+        raise ConversionError(f"{path} holds a {kinds.get(array.dtype.kind, 'non-numeric')} array (dtype "
+                              f"{array.dtype}), not image intensities: expected integers or floating point")
+    return array
+
+
+def _load_array(path: Path, key_hint: str) -> np.ndarray:
     try:
         if path.name.lower().endswith(".npz"):
             with np.load(path, allow_pickle=False) as z:
@@ -68,7 +80,8 @@ def array_to_image(array: np.ndarray, spacing_mm: Sequence[float], axes: str = "
     """A SimpleITK image (origin 0, identity direction) from a 3D array.
 
     Raises:
-        ConversionError: the array is not 3D (after squeezing singleton axes).
+        ConversionError: the array is not 3D (after squeezing singleton axes), or its values do not fit
+            ``dtype`` (a float64 beyond the float32 range would silently become inf).
     """
     from nnunetv2_petct.conversion.geometry import array_zyx_to_image
 
@@ -79,7 +92,13 @@ def array_to_image(array: np.ndarray, spacing_mm: Sequence[float], axes: str = "
         raise ConversionError(f"array has shape {tuple(np.shape(array))}, expected 3D")
     arr = to_zyx(arr, axes)
     if dtype is not None:
-        arr = arr.astype(dtype, copy=False)
+        target = np.dtype(dtype)
+        if target.kind == "f" and arr.dtype.kind == "f" and arr.dtype.itemsize > target.itemsize:
+            finite = arr[np.isfinite(arr)]
+            if finite.size and float(np.abs(finite).max()) > float(np.finfo(target).max):
+                raise ConversionError(f"array values up to {float(np.abs(finite).max()):g} do not fit {target} "
+                                      f"(implausible intensities)")
+        arr = arr.astype(target, copy=False)
     return array_zyx_to_image(np.ascontiguousarray(arr), spacing_mm, (0.0, 0.0, 0.0))
 
 

@@ -32,6 +32,7 @@ from nnunetv2_petct.conversion.core import (
     read_image,
     sanitize_id,
     unique_case_id,
+    walk_files,
 )
 from nnunetv2_petct.conversion.generic_dicom import discover_dicom_cases, load_dicom_case
 
@@ -88,11 +89,7 @@ def load_autopet_study(study_dir: str) -> LoadedCase:
 
 
 def _find_study_dirs(root: Path) -> list[Path]:
-    found = set()
-    for name in STUDY_FILES:
-        for p in root.rglob(name):
-            found.add(p.parent)
-    return sorted(found)
+    return sorted({p.parent for p in walk_files(root) if p.name in STUDY_FILES})  # folder links followed
 
 
 def discover_autopet(source: Path) -> Discovery:
@@ -156,7 +153,8 @@ def discover_autopet_nnunet(source: Path, include_psma: bool = False) -> Discove
     root = Path(source)
     images = root / "imagesTr"
     if not images.is_dir():
-        cands = sorted(p.parent for p in root.rglob("imagesTr/*_0000.nii.gz"))
+        cands = sorted(p.parent for p in walk_files(root)
+                       if p.parent.name == "imagesTr" and p.name.endswith("_0000.nii.gz"))
         if len(cands) >= 1:
             images = cands[0].parent if cands[0].name == "imagesTr" else cands[0]
             root = images.parent
@@ -184,6 +182,7 @@ def discover_autopet_nnunet(source: Path, include_psma: bool = False) -> Discove
             load=partial(load_nnunet_release_case, str(ct), str(pet), str(label), tracer),
             info={"release_id": case_id, "study_date": m.group(3) if m else None,
                   "patient_key": m.group(2) if m else None, "tracer": tracer},
+            files=(str(ct), str(pet), str(label)),
         ))
     return Discovery(sources=sources, labeled=True, pet_units="SUVbw", excluded=excluded)
 

@@ -93,3 +93,77 @@ def check_channels(channel_names: Mapping[str, str], expected: Sequence[str] = (
             f"Convert the data with nnUNetv2_petct_convert (it writes CT as _0000 and PET as _0001), or fix "
             f"'channel_names' in dataset.json (e.g. {DEFAULT_CHANNEL_NAMES})."
         )
+
+
+#: Environment variable: ``1`` turns a failed channel *content* check into a logged warning (for unusual
+#: data the rules of :func:`channel_content_problems` misjudge).
+CHANNEL_CONTENT_OVERRIDE_ENV = "NNUNETV2_PETCT_SKIP_CHANNEL_CONTENT_CHECK"
+#: HU below this occur in fat (-100), lung (-800) and air (-1000); PET (SUV, Bq/ml, counts) is
+#: non-negative up to reconstruction noise and never reaches it.
+PET_MIN_PLAUSIBLE_P00_5 = -100.0
+#: A PET minimum below this is tissue HU (fat), not noise around 0.
+PET_MIN_PLAUSIBLE_MIN = -50.0
+
+
+def channel_content_problems(properties: Mapping[str, Mapping], expected: Sequence[str] = ("CT", "PET")
+                             ) -> tuple[list[str], list[str]]:
+    """Does each channel's *content* match its role? ``(problems, notes)`` from nnU-Net's dataset
+    fingerprint, ``dataset_fingerprint.json["foreground_intensity_properties_per_channel"]`` (per channel:
+    ``min``, ``max``, ``percentile_00_5``, ``percentile_99_5`` ... over foreground voxels).
+
+    The foreground is whatever the labels mark: lesions (lesion datasets) or the body (pretraining
+    sets), so the rules must hold for lesion voxels alone, which can be entirely soft tissue in CT
+    (0-100 HU, contrast-enhanced higher) and anything non-negative in PET:
+
+    1. A PET channel must not be HU-like: its 0.5th percentile must be >= -100 (fat, lung and air are
+       below; PET values are >= 0 up to noise).
+    2. The CT channel must not be the non-negative one of the pair: a CT channel without any negative
+       value (min >= 0) next to a "PET" channel reaching below -50 (fat, not reconstruction noise, which
+       stays within a few SUV/counts of 0) means the two are swapped.
+
+    A CT channel without negative values next to a non-negative PET (e.g. only contrast-enhanced
+    lesions, or a CT stored with an offset) cannot be judged from these statistics: that gives a note,
+    not a problem. Channels without statistics are skipped.
+    """
+    problems: list[str] = []
+    notes: list[str] = []
+
+    def stat(i: int, key: str) -> float | None:
+        props = properties.get(str(i)) or {}
+        v = props.get(key)
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    ct = [i for i, k in enumerate(expected) if k == "CT"]
+    pet = [i for i, k in enumerate(expected) if k == "PET"]
+    for i in pet:
+        p005, lo = stat(i, "percentile_00_5"), stat(i, "min")
+        if p005 is not None and p005 < PET_MIN_PLAUSIBLE_P00_5:
+            problems.append(f"channel {i} (_{i:04d}, PET) has HU-like values: 0.5 % of its foreground voxels are "
+                            f"below {p005:g} (min {lo:g}); PET (SUV, Bq/ml, counts) is never below "
+                            f"{PET_MIN_PLAUSIBLE_P00_5:g}")
+    for c in ct:
+        lo_c, hi_c = stat(c, "min"), stat(c, "max")
+        if lo_c is None or lo_c < 0:
+            continue
+        negative_pet = [i for i in pet if (stat(i, "min") or 0.0) < PET_MIN_PLAUSIBLE_MIN]
+        if negative_pet:
+            i = negative_pet[0]
+            problems.append(f"channel {c} (_{c:04d}, CT) has no negative value in the foreground (range {lo_c:g}.."
+                            f"{hi_c:g}) while channel {i} (_{i:04d}, PET) has (min {stat(i, 'min'):g}): "
+                            f"the two look swapped")
+        else:
+            notes.append(f"channel {c} (_{c:04d}, CT) has no negative value in the foreground (range {lo_c:g}.."
+                         f"{hi_c:g}): fine for contrast-enhanced lesions, but check that _{c:04d} is CT in HU")
+    return problems, notes
+
+
+def channel_content_message(problems: Sequence[str], fingerprint_file: str) -> str:
+    """The fix-it message of a failed content check."""
+    return (
+        "the dataset's channel contents do not match their names (from " + fingerprint_file + "):\n  - "
+        + "\n  - ".join(problems)
+        + "\nThe trainers expect _0000 = CT in HU and _0001 = PET (SUV or counts). Reconvert the data with "
+        "nnUNetv2_petct_convert (it writes CT as _0000 and PET as _0001), or rename the image files so the "
+        "channel numbers match, then rerun nnUNetv2_plan_and_preprocess. If the data really are like this, "
+        f"set {CHANNEL_CONTENT_OVERRIDE_ENV}=1 (the check is then logged, not enforced)."
+    )

@@ -25,6 +25,7 @@ the ``load`` callables of :class:`CaseSource` must therefore be picklable (modul
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -33,8 +34,9 @@ import shutil
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +53,16 @@ from nnunetv2_petct.conversion.geometry import (
     same_geometry,
 )
 from nnunetv2_petct.io import (
+    FATAL_WRITE_ERRNOS,
     IncompleteFileError,
+    WriteError,
     atomic_write_many,
     check_nifti_gz_complete,
+    describe_itk_error,
+    disk_space_problem,
+    jsonable,
+    probe_writable_dir,
+    read_json,
     run_parallel,
     write_json_atomic,
     write_text_atomic,
@@ -68,6 +77,21 @@ PARTIAL_DIR = ".partial"
 RECORDS_DIR = "manifest"
 MANIFEST_FILE = "manifest.jsonl"
 FAILURES_FILE = "conversion_failures.json"
+#: The marker of a dataset folder this package wrote (who, which version, cohorts, options).
+MARKER_FILE = ".nnunetv2_petct.json"
+MARKER_FORMAT_VERSION = 1
+
+#: What to do with NaN/inf voxels in a source image: refuse the case, or set them to 0 (recorded).
+NONFINITE_POLICIES = ("error", "zero")
+#: Plausibility bounds (absolute values) of source intensities; anything beyond is a broken scale
+#: factor or uninitialised memory, never a measurement. SUV: the hottest lesions and the bladder reach
+#: SUV 50-100 and injection-site artefacts a few hundred, so 1e4 is 100x beyond any real voxel. Other
+#: PET units (Bq/ml, counts): the injected activity itself (~4e8 Bq, a few ml in the syringe) stays
+#: below 1e9 Bq/ml, so 1e10 is beyond any activity concentration. CT: HU span -1024 (air) to ~3000
+#: (bone, contrast) and up to ~30000 on extended scales for metal; padding values reach -32768; 1e5 is
+#: beyond all of them.
+PET_PLAUSIBLE_ABS_MAX = {"SUV": 1e4, "other": 1e10}
+CT_PLAUSIBLE_ABS_MAX_HU = 1e5
 
 # nnU-Net 2.8.1 picks the normalization of a channel from its name, case-insensitively
 # (nnunetv2/preprocessing/normalization/map_channel_name_to_normalization.py): "ct" ->
@@ -135,6 +159,9 @@ class CaseSource:
         load: picklable callable returning a :class:`LoadedCase`; raises :class:`ConversionError`
             (or any exception) for a bad case.
         info: JSON-serializable identifiers recorded as ``source_keys`` (study date, folder names).
+        files: the source files of the case, when ``source_path`` is a folder shared with other cases
+            (e.g. one ``imagesTr``); empty: every file under ``source_path`` belongs to the case. Used
+            for the source fingerprint (:func:`source_fingerprint`).
     """
 
     case_id: str
@@ -143,6 +170,7 @@ class CaseSource:
     source_path: str
     load: Callable[[], LoadedCase]
     info: Mapping[str, Any] = field(default_factory=dict)
+    files: tuple[str, ...] = ()
 
 
 @dataclass
@@ -179,6 +207,8 @@ class ConversionOptions:
             z-score), ``"global"`` (CT-style dataset-wide normalization for PET too) or ``"zscore-both"``
             (both channels z-scored per image, as the paper's authors); only affects the channel names in
             ``dataset.json`` (see :data:`PET_NORMALIZATION_CHANNEL_NAMES`).
+        nonfinite: NaN/inf voxels in the source images: ``"error"`` (the case fails, default) or
+            ``"zero"`` (set to 0; counts and policy recorded in the manifest and warned about).
     """
 
     labeled: bool
@@ -187,6 +217,7 @@ class ConversionOptions:
     body_threshold_hu: float = BODY_THRESHOLD_HU
     min_overlap_fraction: float = 0.5
     pet_normalization: str = "zscore"
+    nonfinite: str = "error"
 
 
 @dataclass
@@ -196,6 +227,8 @@ class CaseResult:
     source_path: str = ""
     reason: str = ""
     seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+    fatal: bool = False  # the output folder itself failed (disk full, read-only): stop the run
 
 
 @dataclass
@@ -208,8 +241,12 @@ class ConversionReport:
     failed: list[dict] = field(default_factory=list)
     excluded: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    reconverted: list[dict] = field(default_factory=list)  # finished before, redone: {"case_id", "why"}
+    removed: list[str] = field(default_factory=list)  # cases removed by --overwrite (not in the source)
+    warnings: dict[str, list[str]] = field(default_factory=dict)
     num_training: int = 0
     seconds: float = 0.0
+    wrote_nothing: bool = False
 
     @property
     def ok(self) -> bool:
@@ -221,6 +258,19 @@ class ConversionReport:
             f"{len(self.failed)} failed, {len(self.excluded)} excluded; numTraining = {self.num_training} "
             f"({self.seconds:.1f} s)"
         ]
+        if self.reconverted:
+            whys: dict[str, int] = {}
+            for r in self.reconverted:
+                whys[r["why"]] = whys.get(r["why"], 0) + 1
+            lines.append("  redone: " + "; ".join(f"{n} case(s): {why}" for why, n in sorted(whys.items())))
+        if self.removed:
+            lines.append(f"  removed {len(self.removed)} case(s) that are not in the source (--overwrite), e.g. "
+                         f"{self.removed[0]}")
+        if self.warnings:
+            n = sum(len(w) for w in self.warnings.values())
+            lines.append(f"  {n} warning(s) in {len(self.warnings)} case(s) (listed in {MANIFEST_FILE})")
+        if self.wrote_nothing:
+            lines.append("  nothing to do: every case is converted and up to date; nothing was written")
         lines += [f"  note: {n}" for n in self.notes]
         for f in self.failed:
             lines.append(f"  FAILED {f['case_id']}: {f['reason']} [{f['source_path']}]")
@@ -236,6 +286,7 @@ class ConversionReport:
         return {
             "dataset_dir": str(self.dataset_dir), "converted": self.converted, "existing": self.existing,
             "failed": self.failed, "excluded": self.excluded, "notes": self.notes,
+            "reconverted": self.reconverted, "removed": self.removed, "warnings": self.warnings,
             "num_training": self.num_training, "seconds": round(self.seconds, 2),
         }
 
@@ -318,7 +369,9 @@ def harmonize(loaded: LoadedCase, options: ConversionOptions) -> tuple[dict, dic
     with -1024 HU (air) and a warning says how much.
 
     Raises:
-        ConversionError: empty or non-3D volume; non-finite PET/CT voxels; PET all zero; CT covering
+        ConversionError: empty or non-3D volume; non-finite PET/CT/label voxels (unless
+            ``options.nonfinite == "zero"``); PET or CT values beyond the plausibility bounds
+            (:data:`PET_PLAUSIBLE_ABS_MAX`, :data:`CT_PLAUSIBLE_ABS_MAX_HU`); PET all zero; CT covering
             less than ``options.min_overlap_fraction`` of the PET's z extent; CT with no voxel below -500 HU
             (not in HU, e.g. an unset offset) or none above (no body); labeled cohort without a label;
             empty body mask when cropping or writing a body pseudo-label.
@@ -337,14 +390,18 @@ def harmonize(loaded: LoadedCase, options: ConversionOptions) -> tuple[dict, dic
     }
     facts: dict[str, Any] = {"source_values": source_values}
 
+    nonfinite: dict[str, Any] = {}
+    pet = _apply_nonfinite_policy(pet, "PET", options.nonfinite, warnings, nonfinite)
+    _check_plausible_pet(pet, str(loaded.meta.get("pet_units", "unknown")))
     if pet.GetPixelID() != sitk.sitkFloat32:
         pet = sitk.Cast(pet, sitk.sitkFloat32)
     pet_arr = sitk.GetArrayViewFromImage(pet)
-    n_bad = int(pet_arr.size - np.count_nonzero(np.isfinite(pet_arr)))
-    if n_bad:
-        raise ConversionError(f"PET has {n_bad} non-finite (NaN/inf) voxel(s)")
     pet_max = float(pet_arr.max())
     if pet_max <= 0:
+        zeroed = nonfinite.get("pet", {}).get("total", 0)
+        if zeroed == pet_arr.size:
+            raise ConversionError(f"PET is empty: all {zeroed} voxels were non-finite (NaN/inf) in the source "
+                                  f"and were set to 0 (--nonfinite zero)")
         raise ConversionError(f"PET is empty (maximum {pet_max:g})")
     source_values["pet"].update(max=pet_max, mean=float(pet_arr.mean(dtype=np.float64)))
     if float(pet_arr.min()) < 0:
@@ -370,12 +427,14 @@ def harmonize(loaded: LoadedCase, options: ConversionOptions) -> tuple[dict, dic
         warnings.append(f"CT covers {100 * fz:.1f} % of the PET's axial extent; the rest is filled with "
                         f"{CT_FILL_HU:g} HU")
 
+    ct = _apply_nonfinite_policy(ct, "CT", options.nonfinite, warnings, nonfinite)
     ct_view = sitk.GetArrayViewFromImage(ct)
-    if ct_view.dtype.kind == "f" and not np.all(np.isfinite(ct_view)):
-        raise ConversionError("CT has non-finite (NaN/inf) voxels")
     src_min, src_max = float(ct_view.min()), float(ct_view.max())
     source_values["ct"]["range_hu"] = [src_min, src_max]
     del ct_view
+    if max(abs(src_min), abs(src_max)) > CT_PLAUSIBLE_ABS_MAX_HU:
+        raise ConversionError(f"CT has implausible values (range {src_min:g}..{src_max:g} HU; plausible: within "
+                              f"+-{CT_PLAUSIBLE_ABS_MAX_HU:g} HU): a broken scale factor or uninitialised data")
     if src_min > options.body_threshold_hu:  # judged on the source grid: resampling adds -1024 fill
         raise ConversionError(
             f"CT has no voxel below {options.body_threshold_hu:g} HU (range {src_min:g}..{src_max:g}): it is not "
@@ -411,9 +470,8 @@ def harmonize(loaded: LoadedCase, options: ConversionOptions) -> tuple[dict, dic
                 warnings.append("label grid does not cover the PET grid; missing part set to 0")
             label = resample_to_reference(label, pet, "nearest", 0)
             warnings.append("label was not on the PET grid: resampled (nearest neighbour)")
+        label = _apply_nonfinite_policy(label, "label", options.nonfinite, warnings, nonfinite)
         lab_arr = sitk.GetArrayFromImage(label)
-        if lab_arr.dtype.kind == "f" and not np.all(np.isfinite(lab_arr)):
-            raise ConversionError("label has non-finite voxels")
         values = np.unique(lab_arr)
         binarized = bool(np.any((values != 0) & (values != 1)))
         if binarized:
@@ -448,6 +506,7 @@ def harmonize(loaded: LoadedCase, options: ConversionOptions) -> tuple[dict, dic
     facts["label"] = label_info
     facts.update(written_image_stats(images["pet"], images["ct"]))
     facts["warnings"] = warnings
+    facts["nonfinite"] = {"policy": options.nonfinite, **nonfinite}
     facts.update(geometry_record(images["pet"]))
     return images, facts
 
@@ -464,34 +523,110 @@ def written_image_stats(pet: Any, ct: Any) -> dict:
             "ct_range_hu": [int(c.min()), int(c.max())], "ct_mean_hu": float(c.mean(dtype=np.float64))}
 
 
+def _apply_nonfinite_policy(img, what: str, policy: str, warnings: list[str], found: dict):
+    """``img`` after the non-finite policy: unchanged when every voxel is finite (or it is an integer
+    image); else the case fails (``"error"``) or NaN/inf become 0 (``"zero"``: counted into
+    ``found[what.lower()]`` and warned about).
+
+    NIfTI files keep their NaN/inf up to here because :func:`read_image` restores what ITK zeroes.
+    """
+    import SimpleITK as sitk
+
+    view = sitk.GetArrayViewFromImage(img)
+    if view.dtype.kind not in "fc":
+        return img
+    finite = np.isfinite(view)
+    n_bad = int(view.size - np.count_nonzero(finite))
+    if not n_bad:
+        return img
+    vals = view[~finite]
+    n_nan = int(np.count_nonzero(np.isnan(vals)))
+    n_pos = int(np.count_nonzero(vals > 0)) if vals.dtype.kind == "f" else 0
+    counts = {"nan": n_nan, "posinf": n_pos, "neginf": n_bad - n_nan - n_pos, "total": n_bad}
+    desc = ", ".join(f"{counts[k]} {name}" for k, name in (("nan", "NaN"), ("posinf", "+inf"), ("neginf", "-inf"))
+                     if counts[k])
+    if policy != "zero":
+        if n_bad == view.size:
+            raise ConversionError(f"{what} holds no finite value: all {n_bad} voxels are non-finite ({desc})")
+        raise ConversionError(f"{what} has {n_bad} non-finite voxel(s) ({desc}) of {view.size}; to set them "
+                              f"to 0 instead, convert with --nonfinite zero")
+    arr = sitk.GetArrayFromImage(img)
+    arr[~finite] = 0
+    out = sitk.GetImageFromArray(arr)
+    out.CopyInformation(img)
+    found[what.lower()] = counts
+    warnings.append(f"{what}: {n_bad} non-finite voxel(s) ({desc}) set to 0 (--nonfinite zero)")
+    return out
+
+
+def _check_plausible_pet(pet, units: str) -> None:
+    """Refuse PET intensities beyond :data:`PET_PLAUSIBLE_ABS_MAX` for ``units`` (SUV* or other)."""
+    import SimpleITK as sitk
+
+    view = sitk.GetArrayViewFromImage(pet)
+    lo, hi = float(view.min()), float(view.max())
+    kind = "SUV" if units.upper().startswith("SUV") else "other"
+    bound = PET_PLAUSIBLE_ABS_MAX[kind]
+    if max(abs(lo), abs(hi)) > bound:
+        raise ConversionError(
+            f"PET has implausible values (range {lo:g}..{hi:g} {units}; plausible: within +-{bound:g} for "
+            f"{'SUV' if kind == 'SUV' else 'Bq/ml or counts'}): a broken scale factor or uninitialised data"
+        )
+
+
 # ------------------------------------------------------------------------------------ one case
 
 
-def convert_one(source: CaseSource, dataset_dir: str, options: ConversionOptions, overwrite: bool) -> CaseResult:
-    """Convert one case (runs in a worker process). Never raises: failures come back as results."""
+def convert_one(source: CaseSource, dataset_dir: str, options: ConversionOptions, overwrite: bool,
+                fingerprint: Mapping[str, Any] | None = None) -> CaseResult:
+    """Convert one case (runs in a worker process). Never raises: failures come back as results.
+
+    A finished case is reused (status ``"existing"``) unless ``overwrite`` or its record's source
+    fingerprint or options differ (:func:`reuse_problem`). ``fingerprint``: the source's
+    :func:`source_fingerprint` when the caller computed it already.
+    """
     t0 = time.perf_counter()
     dataset_dir_p = Path(dataset_dir)
     paths = case_paths(dataset_dir_p, source.case_id)
-    if not overwrite and is_case_done(dataset_dir_p, source.case_id):
+    fingerprint = dict(fingerprint) if fingerprint is not None else source_fingerprint(source)
+    if not overwrite and reuse_problem(dataset_dir_p, source.case_id, fingerprint, options) is None:
         return CaseResult(source.case_id, "existing", source.source_path)
     try:
-        if overwrite and paths["record"].exists():
+        if paths["record"].exists():
             paths["record"].unlink()  # the case counts as unfinished until it is rewritten
         loaded = source.load()
         images, facts = harmonize(loaded, options)
         commit_images(dataset_dir_p, images, paths)
         record = _make_record(source, loaded.meta, facts, options, paths, dataset_dir_p)
+        record["source_fingerprint"] = fingerprint
+        record["conversion_options"] = options_key(options)
         write_json_atomic(record, paths["record"])
     except Exception as e:  # noqa: BLE001 - a bad case must never stop the others
-        reason = str(e) if isinstance(e, ConversionError) else f"{type(e).__name__}: {e}"
+        reason = str(e) if isinstance(e, (ConversionError, WriteError)) else f"{type(e).__name__}: {e}"
         if not isinstance(e, ConversionError):
             logger.debug("case %s failed:\n%s", source.case_id, traceback.format_exc())
         for key in ("record", "ct", "pet", "label"):  # a failed case leaves nothing behind (old files too)
             if paths[key].exists():
                 paths[key].unlink()
+        fatal = output_failure_reason(e, dataset_dir_p)
+        if fatal:
+            reason = fatal
         return CaseResult(source.case_id, "failed", source.source_path, reason.strip() or type(e).__name__,
-                          time.perf_counter() - t0)
-    return CaseResult(source.case_id, "converted", source.source_path, "", time.perf_counter() - t0)
+                          time.perf_counter() - t0, fatal=bool(fatal))
+    return CaseResult(source.case_id, "converted", source.source_path, "", time.perf_counter() - t0,
+                      warnings=list(record.get("warnings") or []))
+
+
+def output_failure_reason(exc: BaseException, dataset_dir: Path) -> str | None:
+    """The reason when ``exc`` means the output folder itself cannot take files (every further case
+    would fail the same way): an OS error such as a full disk, a read-only file system or missing
+    permission, or a full disk seen afterwards (writers that do not report it). None otherwise."""
+    if isinstance(exc, OSError) and exc.errno in FATAL_WRITE_ERRNOS:
+        return f"cannot write into {dataset_dir}: {exc}"
+    problem = disk_space_problem(dataset_dir)
+    if problem:
+        return f"cannot write into {dataset_dir}: {problem} ({type(exc).__name__}: {exc})"
+    return None
 
 
 def _make_record(source: CaseSource, meta: Mapping, facts: dict, options: ConversionOptions,
@@ -526,7 +661,237 @@ def _make_record(source: CaseSource, meta: Mapping, facts: dict, options: Conver
     }
 
 
-# ------------------------------------------------------------------------------------ parallel map
+# ------------------------------------------------------------------------------------ source trees
+
+
+def walk_tree(root: str | os.PathLike) -> Iterator[tuple[Path, list[str]]]:
+    """``(folder, file names)`` for every folder under ``root``, sorted, following symbolic links to
+    folders; a folder reached twice (a link loop, or two links to one folder) is visited once. Broken
+    links are not files and are left out (:func:`source_tree_links` reports them)."""
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames.sort()
+        yield Path(dirpath), sorted(f for f in filenames if os.path.isfile(os.path.join(dirpath, f)))
+
+
+def walk_files(root: str | os.PathLike) -> Iterator[Path]:
+    """Every regular file under ``root`` (see :func:`walk_tree`: folder links followed, loops cut)."""
+    for folder, names in walk_tree(root):
+        for name in names:
+            yield folder / name
+
+
+def source_tree_links(root: str | os.PathLike, max_items: int = 3) -> list[str]:
+    """Notes on symbolic links under ``root``: folder links followed, links that loop back or reach a
+    folder already seen (visited once), broken links. Empty when there are none."""
+    followed, again, broken = [], [], []
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames.sort()
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            again.append(dirpath)
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        if os.path.islink(dirpath) and os.path.abspath(dirpath) != os.path.abspath(root):
+            followed.append(dirpath)
+        for name in sorted(filenames):
+            full = os.path.join(dirpath, name)
+            if os.path.islink(full) and not os.path.exists(full):
+                broken.append(full)
+    notes = []
+    for items, text in ((followed, "folder link(s) followed"),
+                        (again, "folder link(s) skipped: they lead to a folder visited already (a loop or a "
+                                "second link)"),
+                        (broken, "broken link(s) ignored")):
+        if items:
+            shown = ", ".join(f"{p} -> {os.readlink(p)}" if os.path.islink(p) else p for p in items[:max_items])
+            notes.append(f"{len(items)} {text} under {root}: {shown}" + (" ..." if len(items) > max_items else ""))
+    return notes
+
+
+# ------------------------------------------------------------------------------- fingerprints, reuse
+
+
+def source_fingerprint(source: CaseSource) -> dict:
+    """What a finished case was converted from: ``{"path", "n_files", "bytes", "digest"}``; the digest is
+    a SHA-1 over the relative path, size and modification time (ns) of every source file
+    (``source.files``, else every file under ``source.source_path``, links followed). Contents are not
+    read. A missing source gives ``n_files`` 0."""
+    root = Path(source.source_path)
+    if source.files:
+        files = [Path(f) for f in source.files]
+    elif root.is_file():
+        files = [root]
+    elif root.is_dir():
+        files = list(walk_files(root))
+    else:
+        files = []
+    return files_fingerprint(files, root if root.is_dir() else root.parent, str(source.source_path))
+
+
+def files_fingerprint(files: Iterable[str | os.PathLike], base: str | os.PathLike, label: str) -> dict:
+    """``{"path": label, "n_files", "bytes", "digest"}`` over the paths (relative to ``base``), sizes and
+    modification times of ``files`` (a missing file counts in the digest as missing)."""
+    h = hashlib.sha1()
+    n = total = 0
+    for f in sorted(Path(x) for x in files):
+        try:
+            st = f.stat()
+        except OSError:
+            h.update(f"{f}|missing\n".encode())
+            continue
+        h.update(f"{os.path.relpath(f, base)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        n += 1
+        total += st.st_size
+    return {"path": label, "n_files": n, "bytes": total, "digest": h.hexdigest()}
+
+
+def options_key(options: ConversionOptions) -> dict:
+    """The options that change the converted files (PET normalization only renames a channel)."""
+    d = asdict(options)
+    d.pop("pet_normalization", None)
+    return d
+
+
+def reuse_problem(dataset_dir: Path, case_id: str, fingerprint: Mapping[str, Any],
+                  options: ConversionOptions) -> str | None:
+    """None when the finished case ``case_id`` can be reused; else why it must be (re)converted:
+    not finished, its record unreadable, converted without a fingerprint (older version), from a source
+    that changed (path, file sizes or times), or with other options."""
+    dataset_dir = Path(dataset_dir)
+    if not is_case_done(dataset_dir, case_id):
+        return "not converted yet"
+    try:
+        record = read_json(case_paths(dataset_dir, case_id)["record"], "manifest record")
+    except IncompleteFileError:
+        return "its manifest record is unreadable"
+    old = record.get("source_fingerprint")
+    if not isinstance(old, Mapping):
+        return "converted without a source fingerprint (older version)"
+    if old.get("path") != fingerprint.get("path"):
+        return "the source path changed"
+    if old != dict(fingerprint):
+        return "the source files changed (size or modification time)"
+    if record.get("conversion_options") != options_key(options):
+        return "converted with other options"
+    return None
+
+
+# ------------------------------------------------------------------------------------ folder marker
+
+
+def read_marker(dataset_dir: Path) -> dict | None:
+    """The marker of a folder this package wrote (:data:`MARKER_FILE`), or None when it has none."""
+    path = Path(dataset_dir) / MARKER_FILE
+    if not path.is_file():
+        return None
+    try:
+        marker = read_json(path, "dataset marker")
+    except IncompleteFileError as e:
+        raise BadInputError(f"{e}; delete the marker only if you are sure the folder was written by nnunetv2_petct") from None
+    return marker if isinstance(marker, dict) else {}
+
+
+def _holds_files(folder: Path) -> list[str]:
+    """Up to 5 relative paths of regular files in ``folder`` (leftovers in ``.partial`` do not count)."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not (Path(dirpath) == folder and d == PARTIAL_DIR))
+        out += [str(Path(dirpath, f).relative_to(folder)) for f in sorted(filenames)]
+        if len(out) >= 5:
+            break
+    return out[:5]
+
+
+def check_dataset_folder(dataset_dir: Path, kind: str, writer: str) -> dict | None:
+    """Refuse an existing folder that this package did not write (or wrote as another kind of dataset).
+
+    Ours: it has a :data:`MARKER_FILE` of ``kind`` (``"converted"`` or ``"pretraining"``), or it is a
+    folder an older version wrote (``manifest/`` plus a ``dataset.json`` released by nnunetv2_petct). A
+    missing folder, or one without files, is fine.
+
+    Returns:
+        The marker (``{}`` for an older folder without one), or None when there is none.
+
+    Raises:
+        BadInputError: the folder is a file, holds files of someone else, or is another kind of dataset;
+            the message names the folder and says what to do.
+    """
+    d = Path(dataset_dir)
+    if not d.exists():
+        return None
+    if not d.is_dir():
+        raise BadInputError(f"{d} is a file, not a dataset folder; move it away or choose another dataset id")
+    marker = read_marker(d)
+    if marker is not None:
+        if marker.get("kind") != kind:
+            raise BadInputError(f"{d} was written by {marker.get('writer', 'another command')} (a "
+                                f"{marker.get('kind', 'different')} dataset), not by {writer}; choose another "
+                                f"dataset id or name")
+        return marker
+    files = _holds_files(d)
+    if not files:
+        return None
+    try:
+        dj = json.loads((d / "dataset.json").read_text())
+    except (OSError, ValueError):
+        dj = {}
+    if isinstance(dj, dict) and str(dj.get("release", "")).startswith("nnunetv2_petct") and (d / RECORDS_DIR).is_dir():
+        old_kind = "pretraining" if "petct_sources" in dj else "converted"
+        if old_kind == kind:
+            return {}
+    raise BadInputError(
+        f"{d} already exists and was not written by {writer} (it has no {MARKER_FILE} marker and holds e.g. "
+        f"{', '.join(files)}). Writing into it would mix its files with the new cases. Move or delete that "
+        f"folder, or choose another dataset id (-d) or --name; --overwrite never deletes a folder this tool "
+        f"did not write."
+    )
+
+
+def marker_payload(kind: str, writer: str, cohorts: Iterable[str], options: Mapping[str, Any]) -> dict:
+    """What :data:`MARKER_FILE` records (without the dates)."""
+    from nnunetv2_petct import __version__
+
+    return {"tool": "nnunetv2_petct", "format_version": MARKER_FORMAT_VERSION, "version": __version__,
+            "writer": writer, "kind": kind, "cohorts": sorted(set(cohorts)), "options": dict(options)}
+
+
+def write_marker(dataset_dir: Path, old: Mapping[str, Any] | None, payload: Mapping[str, Any]) -> bool:
+    """Write the marker when it is missing or ``payload`` differs from ``old``; returns whether it wrote."""
+    old = dict(old or {})
+    created = old.pop("created_utc", None)
+    old.pop("updated_utc", None)
+    if old == dict(payload) and created:
+        return False
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    write_json_atomic({**payload, "created_utc": created or now, "updated_utc": now}, Path(dataset_dir) / MARKER_FILE)
+    return True
+
+
+def _write_text_if_changed(text: str, path: Path) -> bool:
+    """Write ``text`` atomically unless ``path`` holds exactly it already (a no-op run writes nothing)."""
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return False
+    except (OSError, UnicodeDecodeError):
+        pass
+    write_text_atomic(text, path)
+    return True
+
+
+def remove_case(dataset_dir: Path, case_id: str) -> None:
+    """Remove a case: its record first (it stops counting as finished), then its images and label."""
+    paths = case_paths(Path(dataset_dir), case_id)
+    for key in ("record", "ct", "pet", "label"):
+        if paths[key].exists():
+            paths[key].unlink()
 
 
 # ------------------------------------------------------------------------------------ dataset level
@@ -566,7 +931,8 @@ def finalize_dataset(dataset_dir: Path, *, name: str, description: str, labeled:
 
     ``numTraining`` is the number of finished cases (all files plus record present). Images in
     ``imagesTr`` without a finished record are left out of the count and reported by
-    :func:`orphan_files`.
+    :func:`orphan_files`. Files whose content would not change are not rewritten (a re-run with
+    nothing to do writes nothing, also into a read-only folder).
     """
     from nnunetv2_petct import __version__
 
@@ -578,7 +944,7 @@ def finalize_dataset(dataset_dir: Path, *, name: str, description: str, labeled:
     for r in records:  # keep records in line with the dataset's channel names
         for k in ("0", "1"):
             r["channels"][k]["name"] = names[k]
-    write_text_atomic("".join(json.dumps(r, sort_keys=False) + "\n" for r in records), dataset_dir / MANIFEST_FILE)
+    _write_text_if_changed("".join(json.dumps(r, sort_keys=False) + "\n" for r in records), dataset_dir / MANIFEST_FILE)
     pet_units = sorted({r["channels"]["1"]["units"] for r in records}) or ["unknown"]
     cohorts = sorted({r["cohort"] for r in records})
     dataset_json = {
@@ -606,7 +972,7 @@ def finalize_dataset(dataset_dir: Path, *, name: str, description: str, labeled:
     }
     if extra:
         dataset_json.update(extra)
-    write_json_atomic(dataset_json, dataset_dir / "dataset.json")
+    _write_text_if_changed(json.dumps(jsonable(dataset_json), indent=2) + "\n", dataset_dir / "dataset.json")
     return dataset_json
 
 
@@ -627,60 +993,155 @@ def orphan_files(dataset_dir: Path) -> list[str]:
     return sorted(out)
 
 
+def print_above_progress(message: str) -> None:
+    """A line on stderr that does not break a running progress bar."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+
+
+def finished_case_ids(dataset_dir: Path) -> list[str]:
+    """Ids of the finished cases on disk (record plus every file), sorted."""
+    rec_dir = Path(dataset_dir) / RECORDS_DIR
+    if not rec_dir.is_dir():
+        return []
+    ids = (p.name[: -len(".json")] for p in rec_dir.glob("*.json"))
+    return sorted(c for c in ids if is_case_done(Path(dataset_dir), c))
+
+
 def convert_cases(sources: Sequence[CaseSource], dataset_dir: Path, options: ConversionOptions, *,
                   name: str, description: str = "", num_processes: int = 1, overwrite: bool = False,
-                  quiet: bool = False, excluded: Iterable[dict] = (), notes: Iterable[str] = ()) -> ConversionReport:
+                  quiet: bool = False, excluded: Iterable[dict] = (), notes: Iterable[str] = (),
+                  writer: str = "nnUNetv2_petct_convert") -> ConversionReport:
     """Convert ``sources`` into the nnU-Net raw dataset folder ``dataset_dir``.
 
-    Finished cases are skipped unless ``overwrite``. Failures are collected (never raised) and
-    written to ``conversion_failures.json``; ``dataset.json``, ``manifest.jsonl`` and
-    ``conversion_report.json`` are rewritten at the end from what is on disk.
+    - The folder must be new, empty, or written by this package as a converted dataset (its
+      :data:`MARKER_FILE`, which records the tool version, cohorts and options; :func:`check_dataset_folder`).
+    - A finished case is reused only when its manifest record's source fingerprint (path, sizes and
+      modification times of the source files) and options equal the current ones; otherwise it is
+      reconverted (:func:`reuse_problem`; the reasons are in ``report.reconverted``).
+    - ``overwrite``: every case is reconverted, and finished cases that are not among ``sources``, and
+      files in ``imagesTr``/``labelsTr`` that belong to no case, are removed: the folder then holds
+      exactly this run's cases.
+    - The folder is checked for writing once, before any case (:func:`nnunetv2_petct.io.probe_writable_dir`);
+      a run with nothing to do writes nothing (it also works in a read-only folder).
+    - Failures are collected (never raised) and written to ``conversion_failures.json``; a case whose
+      files cannot be written because of the output folder itself (disk full, read-only, no permission)
+      stops the run instead. ``dataset.json``, ``manifest.jsonl`` and ``conversion_report.json`` are
+      rebuilt at the end from what is on disk. Case warnings go to stderr (unless ``quiet``) and into
+      the manifest.
 
     Raises:
-        BadInputError: two sources share a case id.
+        BadInputError: two sources share a case id, an unknown non-finite policy, or a folder that this
+            package did not write (message names it and says what to do).
+        WriteError: the output folder cannot be written (up front, or a run stopped by a full disk);
+            finished cases stay, the message says how far the run got.
     """
     t0 = time.perf_counter()
     dataset_dir = Path(dataset_dir)
+    if options.nonfinite not in NONFINITE_POLICIES:
+        raise BadInputError(f"non-finite policy must be one of {', '.join(NONFINITE_POLICIES)}, got {options.nonfinite!r}")
     seen: dict[str, str] = {}
     for s in sources:
         if s.case_id in seen:
             raise BadInputError(f"case id {s.case_id!r} is used twice: {seen[s.case_id]} and {s.source_path}")
         seen[s.case_id] = s.source_path
-    for sub in ("imagesTr", "labelsTr", RECORDS_DIR):
-        (dataset_dir / sub).mkdir(parents=True, exist_ok=True)
-    n_stale = clean_partial(dataset_dir)
+    marker = check_dataset_folder(dataset_dir, "converted", writer)
     report = ConversionReport(dataset_dir=dataset_dir, excluded=list(excluded), notes=list(notes))
-    if n_stale:
-        report.notes.append(f"removed {n_stale} partial file(s) left by an interrupted run")
+
+    # plan: which cases need work (reuse is decided here, from the manifest records and the source files)
+    done_before = set(finished_case_ids(dataset_dir)) if dataset_dir.is_dir() else set()
+    fingerprints = {s.case_id: source_fingerprint(s) for s in sources}
+    todo = []
+    for s in sources:
+        why = "--overwrite" if overwrite else reuse_problem(dataset_dir, s.case_id, fingerprints[s.case_id], options)
+        if why is None:
+            report.existing.append(s.case_id)
+            continue
+        if s.case_id in done_before:
+            report.reconverted.append({"case_id": s.case_id, "why": why})
+        todo.append(s)
+    stale = sorted(done_before - set(seen))
+    cohorts = {s.cohort for s in sources} | (set() if overwrite else set((marker or {}).get("cohorts", [])))
+    payload = marker_payload("converted", writer, cohorts,
+                             {**options_key(options), "pet_normalization": options.pet_normalization})
+    old_marker = {k: v for k, v in (marker or {}).items() if k not in ("created_utc", "updated_utc")}
+    must_write = bool(todo) or (overwrite and bool(stale or orphan_files(dataset_dir))) or old_marker != payload \
+        or (dataset_dir / PARTIAL_DIR).exists()
+
+    if must_write:
+        probe_writable_dir(dataset_dir, "dataset folder")
+        write_marker(dataset_dir, marker, payload)
+        for sub in ("imagesTr", "labelsTr", RECORDS_DIR):
+            (dataset_dir / sub).mkdir(parents=True, exist_ok=True)
+        n_stale = clean_partial(dataset_dir)
+        if n_stale:
+            report.notes.append(f"removed {n_stale} partial file(s) left by an interrupted run")
 
     def crashed(task: tuple, exc: BaseException) -> CaseResult:
         src = task[0]
         return CaseResult(src.case_id, "failed", src.source_path, f"worker crashed: {type(exc).__name__}: {exc}")
 
-    tasks = [(s, str(dataset_dir), options, overwrite) for s in sources]
-    for res in run_parallel(convert_one, tasks, num_processes, desc=f"convert {dataset_dir.name}", quiet=quiet,
-                            on_crash=crashed):
-        if res.status == "converted":
-            report.converted.append(res.case_id)
-        elif res.status == "existing":
-            report.existing.append(res.case_id)
-        else:
-            report.failed.append({"case_id": res.case_id, "source_path": res.source_path, "reason": res.reason})
-            print(f"[nnunetv2_petct] FAILED {res.case_id}: {res.reason}", file=sys.stderr)
-    clean_partial(dataset_dir)
+    tasks = [(s, str(dataset_dir), options, True, fingerprints[s.case_id]) for s in todo]
+    stopped: CaseResult | None = None
+    finished: set[str] = set()
+    results = run_parallel(convert_one, tasks, num_processes, desc=f"convert {dataset_dir.name}", quiet=quiet,
+                           on_crash=crashed)
+    try:
+        for res in results:
+            finished.add(res.case_id)
+            if res.status == "converted":
+                report.converted.append(res.case_id)
+                if res.warnings:
+                    report.warnings[res.case_id] = list(res.warnings)
+                    if not quiet:
+                        for w in res.warnings:
+                            print_above_progress(f"[nnunetv2_petct] WARNING {res.case_id}: {w}")
+            elif res.status == "existing":
+                report.existing.append(res.case_id)
+            else:
+                report.failed.append({"case_id": res.case_id, "source_path": res.source_path, "reason": res.reason})
+                print_above_progress(f"[nnunetv2_petct] FAILED {res.case_id}: {res.reason}")
+                if res.fatal:
+                    stopped = res
+                    break
+    finally:
+        results.close()  # stops the workers at once when the run was stopped
+    if must_write:
+        clean_partial(dataset_dir)
+    not_attempted = [s.case_id for s in todo if s.case_id not in finished]
+    if stopped is None and overwrite:
+        for case_id in stale:
+            remove_case(dataset_dir, case_id)
+        report.removed = stale
+        for rel in orphan_files(dataset_dir):
+            (dataset_dir / rel).unlink()
+    elif stale:
+        report.notes.append(f"{len(stale)} finished case(s) are not among this run's sources and were kept (e.g. "
+                            f"{stale[0]}); --overwrite removes them")
     for lst in (report.converted, report.existing):
         lst.sort()
     report.failed.sort(key=lambda f: f["case_id"])
-    dataset_json = finalize_dataset(dataset_dir, name=name, description=description, labeled=options.labeled,
-                                    pet_normalization=options.pet_normalization)
-    report.num_training = dataset_json["numTraining"]
-    orphans = orphan_files(dataset_dir)
+    if dataset_dir.is_dir():
+        dataset_json = finalize_dataset(dataset_dir, name=name, description=description, labeled=options.labeled,
+                                        pet_normalization=options.pet_normalization)
+        report.num_training = dataset_json["numTraining"]
+    orphans = orphan_files(dataset_dir) if dataset_dir.is_dir() else []
     if orphans:
         report.notes.append(f"{len(orphans)} file(s) in imagesTr/labelsTr belong to no finished case "
-                            f"(e.g. {orphans[0]}); nnU-Net will complain: remove them or rerun with --overwrite")
+                            f"(e.g. {orphans[0]}); nnU-Net will complain: rerun with --overwrite to remove them")
     report.seconds = time.perf_counter() - t0
-    write_json_atomic(report.failed, dataset_dir / FAILURES_FILE)
-    write_json_atomic(report.to_dict(), dataset_dir / "conversion_report.json")
+    if must_write:
+        write_json_atomic(report.failed, dataset_dir / FAILURES_FILE)
+        write_json_atomic(report.to_dict(), dataset_dir / "conversion_report.json")
+    else:
+        report.wrote_nothing = True
+    if stopped is not None:
+        err = WriteError(f"{stopped.reason}. The run stopped: {len(report.converted)} case(s) converted, "
+                         f"{len(not_attempted)} not attempted (finished cases are kept); fix the output folder "
+                         f"and rerun to convert the rest")
+        err.errno = getattr(stopped, "errno", None)
+        raise err
     return report
 
 
@@ -737,21 +1198,53 @@ def describe_tree(root: Path, max_files: int = 12, max_scan: int = 20000) -> str
 
 
 def read_image(path: Path):
-    """``sitk.ReadImage`` with a :class:`ConversionError` naming the file on failure.
+    """``sitk.ReadImage`` with a :class:`ConversionError` that names the file and says why, in words.
 
-    ``.nii.gz`` files are first checked for truncation (:func:`nnunetv2_petct.io.check_nifti_gz_complete`). Note that
-    ITK's NIfTI reader turns NaN voxels into 0, so NaNs in NIfTI files cannot be detected here.
+    NIfTI files (``.nii``, ``.nii.gz``) are first checked here, before ITK sees them: a truncated or
+    corrupt gzip (:func:`nnunetv2_petct.io.check_nifti_gz_complete`), a header that is not NIfTI, and
+    complex or RGB voxels (not intensities) are refused. ITK's NIfTI reader turns NaN/inf voxels into 0;
+    floating-point files are therefore scanned for them in the file's own data
+    (:mod:`nnunetv2_petct.conversion.nifti`) and the returned image holds them again, so that the
+    converter's non-finite policy (:class:`ConversionOptions` ``nonfinite``) sees them.
     """
     import SimpleITK as sitk
 
-    if str(path).lower().endswith(".nii.gz"):
+    from nnunetv2_petct.conversion.nifti import (
+        NON_INTENSITY_DATATYPES,
+        NiftiError,
+        read_nifti_header,
+        restore_nonfinite,
+        scan_nonfinite,
+    )
+
+    path = Path(path)
+    low = path.name.lower()
+    header = None
+    if low.endswith((".nii", ".nii.gz")):
         try:
-            check_nifti_gz_complete(Path(path))
-        except IncompleteFileError as e:
-            raise ConversionError(str(e)) from None
+            if low.endswith(".gz"):
+                check_nifti_gz_complete(path)
+            header = read_nifti_header(path)
+        except (IncompleteFileError, NiftiError) as e:
+            text = str(e)
+            raise ConversionError(text if text.startswith("cannot read") else f"cannot read {path}: {text}") from None
+        if header.datatype in NON_INTENSITY_DATATYPES:
+            raise ConversionError(f"cannot use {path}: it stores {header.datatype_name} voxels, not image "
+                                  f"intensities")
     try:
-        return sitk.ReadImage(str(path))
+        image = sitk.ReadImage(str(path))
     except Exception as e:  # noqa: BLE001 - SimpleITK raises RuntimeError with a long ITK message
-        first = str(e).strip().splitlines()
-        msg = next((ln for ln in first if "ERROR" in ln or "Exception" in ln or "rror" in ln), first[0] if first else "")
-        raise ConversionError(f"cannot read {path}: {msg.strip()[:200]}") from None
+        raise ConversionError(f"cannot read {path}: {describe_itk_error(e)}") from None
+    if header is not None and header.can_hold_nonfinite:
+        try:
+            if scan_nonfinite(path, header).total:
+                arr = sitk.GetArrayFromImage(image)
+                if arr.dtype.kind != "f":
+                    arr = arr.astype(np.float32)
+                restore_nonfinite(arr, path, header)
+                restored = sitk.GetImageFromArray(arr, isVector=image.GetNumberOfComponentsPerPixel() > 1)
+                restored.CopyInformation(image)
+                image = restored
+        except NiftiError as e:
+            raise ConversionError(f"cannot read {path}: {e}") from None
+    return image

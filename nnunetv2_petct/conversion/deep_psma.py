@@ -22,6 +22,7 @@ from nnunetv2_petct.conversion.core import (
     describe_tree,
     read_image,
     sanitize_id,
+    walk_files,
 )
 
 FDG_FILES = ("CT.nii.gz", "PET.nii.gz", "TTB.nii.gz")
@@ -63,7 +64,7 @@ def discover_deep_psma(source: Path) -> Discovery:
         LayoutError: no ``*/FDG/`` folder with DEEP-PSMA files.
     """
     root = Path(source)
-    fdg_dirs = sorted({p.parent for name in FDG_FILES for p in root.rglob(f"FDG/{name}")})
+    fdg_dirs = sorted({p.parent for p in walk_files(root) if p.parent.name == "FDG" and p.name in FDG_FILES})
     if root.name == "FDG" and any((root / n).is_file() for n in FDG_FILES):
         fdg_dirs = [root]
     if not fdg_dirs:

@@ -781,7 +781,9 @@ def scan_dicom_folder(root: Path, progress: bool = False, *, ct_series: str | No
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"not a folder: {root}")
-    files = sorted(p for p in root.rglob("*") if p.is_file())
+    from nnunetv2_petct.conversion.core import walk_files
+
+    files = sorted(walk_files(root))  # folder links followed (each real folder once)
     scan = DicomScan(root=root, n_files=len(files))
     if progress:
         from tqdm import tqdm

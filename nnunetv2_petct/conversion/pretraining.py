@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,15 +34,36 @@ from nnunetv2_petct.conversion.core import (
     ConversionError,
     _partial_dir,
     case_paths,
+    check_dataset_folder,
     clean_partial,
     commit_images,
+    files_fingerprint,
     finalize_dataset,
+    finished_case_ids,
     is_case_done,
+    marker_payload,
+    orphan_files,
+    output_failure_reason,
+    print_above_progress,
     read_image,
     read_manifest,
+    remove_case,
+    write_marker,
 )
 from nnunetv2_petct.conversion.registry import dataset_folder, find_dataset_dir, resolve_raw_dir
-from nnunetv2_petct.io import atomic_write, read_case_list, run_parallel, write_json_atomic, write_text_atomic
+from nnunetv2_petct.io import (
+    IncompleteFileError,
+    WriteError,
+    atomic_write,
+    probe_writable_dir,
+    read_case_list,
+    read_json,
+    run_parallel,
+    write_json_atomic,
+    write_text_atomic,
+)
+
+WRITER = "nnUNetv2_petct_pretraining_dataset"
 
 COHORT_PREFIX = {
     "autopet": "autopet", "autopet-nnunet": "autopet", "autopet-dicom": "autopet",
@@ -97,9 +117,37 @@ def link_or_copy(src: Path, dst: Path, dataset_dir: Path) -> str:
     return how
 
 
+def pretraining_fingerprint(src_dir: str | os.PathLike, case_id: str, crop: bool, margin_vox: int) -> dict:
+    """What a pretraining case is made from: the source dataset case's files (path, size, modification
+    time: :func:`~nnunetv2_petct.conversion.core.files_fingerprint`) and the options that shape it."""
+    src = case_paths(Path(src_dir), case_id)
+    fp = files_fingerprint([src[k] for k in ("ct", "pet", "record")], Path(src_dir), f"{Path(src_dir).name}/{case_id}")
+    fp["options"] = {"crop": bool(crop), "body_margin_vox": int(margin_vox)}
+    return fp
+
+
+def _reusable(out: Path, new_id: str, fingerprint: dict) -> str | None:
+    """None when the finished pretraining case can be kept, else why it is rebuilt."""
+    if not is_case_done(out, new_id):
+        return "not built yet"
+    try:
+        rec = read_json(case_paths(out, new_id)["record"], "manifest record")
+    except IncompleteFileError:
+        return "its manifest record is unreadable"
+    old = rec.get("source_fingerprint")
+    if not isinstance(old, dict):
+        return "built without a source fingerprint (older version)"
+    if old != fingerprint:
+        return "its source case or the options changed"
+    return None
+
+
 def assemble_one(src_dir: str, record: dict, out_dir: str, new_id: str, crop: bool, margin_vox: int,
-                 overwrite: bool) -> CaseResult:
-    """Put one converted case into the pretraining dataset (worker function; never raises)."""
+                 overwrite: bool, fingerprint: dict | None = None) -> CaseResult:
+    """Put one converted case into the pretraining dataset (worker function; never raises).
+
+    A finished case is kept unless ``overwrite`` or its source fingerprint changed
+    (:func:`pretraining_fingerprint`)."""
     import SimpleITK as sitk
 
     from nnunetv2_petct.conversion.geometry import body_mask, mask_bbox_zyx
@@ -108,7 +156,8 @@ def assemble_one(src_dir: str, record: dict, out_dir: str, new_id: str, crop: bo
     out = Path(out_dir)
     src = case_paths(Path(src_dir), record["case_id"])
     dst = case_paths(out, new_id)
-    if not overwrite and is_case_done(out, new_id):
+    fingerprint = fingerprint or pretraining_fingerprint(src_dir, record["case_id"], crop, margin_vox)
+    if not overwrite and _reusable(out, new_id, fingerprint) is None:
         return CaseResult(new_id, "existing", str(src["ct"].parent))
     try:
         if dst["record"].exists():
@@ -152,13 +201,19 @@ def assemble_one(src_dir: str, record: dict, out_dir: str, new_id: str, crop: bo
                       "foreground_voxels": n_fg, "foreground_ml": round(n_fg * voxel_ml, 3),
                       "file": str(dst["label"].relative_to(out))},
             "pretraining_files": files,
+            "source_fingerprint": fingerprint,
         })
         for k, key in (("0", "ct"), ("1", "pet")):
             new["channels"][k]["file"] = str(dst[key].relative_to(out))
         write_json_atomic(new, dst["record"])
     except Exception as e:  # noqa: BLE001 - one bad case must not stop the others
-        reason = str(e) if isinstance(e, ConversionError) else f"{type(e).__name__}: {e}"
-        return CaseResult(new_id, "failed", str(src["ct"].parent), reason, time.perf_counter() - t0)
+        reason = str(e) if isinstance(e, (ConversionError, WriteError)) else f"{type(e).__name__}: {e}"
+        for key in ("record", "ct", "pet", "label"):  # nothing half-built stays behind
+            if dst[key].exists():
+                dst[key].unlink()
+        fatal = output_failure_reason(e, out)
+        return CaseResult(new_id, "failed", str(src["ct"].parent), fatal or reason, time.perf_counter() - t0,
+                          fatal=bool(fatal))
     return CaseResult(new_id, "converted", str(src["ct"].parent), "", time.perf_counter() - t0)
 
 
@@ -181,9 +236,16 @@ def build_pretraining_dataset(dataset_id: int, from_datasets: Sequence[int | str
             SPADE ``patient/scan``; ``#`` comments) or an iterable of ids.
         crop: crop cases that were not cropped at conversion (default True).
 
+    The output folder carries the package's marker; an existing folder without it is refused. A
+    finished case is kept only when its source case and the options are unchanged; ``overwrite``
+    rebuilds every case and removes cases that no longer come from the sources. The folder is checked
+    for writing once, up front; a run with nothing to do writes nothing.
+
     Raises:
         BadInputError: unknown source dataset, a source without manifest, the output being one of
-            the sources, or sources with different channel names (PET normalization).
+            the sources, sources with different channel names (PET normalization), or an output folder
+            this package did not write.
+        WriteError: the output folder cannot be written (read-only, not a folder, disk full, no inodes).
     """
     t0 = time.perf_counter()
     raw = resolve_raw_dir(raw_dir)
@@ -227,33 +289,76 @@ def build_pretraining_dataset(dataset_id: int, from_datasets: Sequence[int | str
         raise BadInputError(f"source datasets disagree on normalization {norms}; reconvert with one "
                             f"nnUNetv2_petct_convert --normalization choice")
     pet_norm = next(iter(norms.values()))
-    for sub in ("imagesTr", "labelsTr", "manifest"):
-        (out_dir / sub).mkdir(parents=True, exist_ok=True)
-    clean_partial(out_dir)
+    marker = check_dataset_folder(out_dir, "pretraining", WRITER)
     summary = PretrainingSummary(dataset_dir=out_dir, per_cohort=per_cohort)
+
+    # plan: keep finished cases whose source case and options are unchanged
+    done_before = set(finished_case_ids(out_dir)) if out_dir.is_dir() else set()
+    todo, kept = [], []
+    for t in tasks:
+        fp = pretraining_fingerprint(t[0], t[1]["case_id"], crop, body_margin_vox)
+        if not overwrite and _reusable(out_dir, t[3], fp) is None:
+            kept.append(t[3])
+        else:
+            todo.append((*t[:6], True, fp))
+    stale = sorted(done_before - set(seen))
+    payload = marker_payload("pretraining", WRITER, per_cohort,
+                             {"crop": bool(crop), "body_margin_vox": int(body_margin_vox),
+                              "sources": [s.name for s in sources], "pet_normalization": pet_norm})
+    old_marker = {k: v for k, v in (marker or {}).items() if k not in ("created_utc", "updated_utc")}
+    must_write = bool(todo) or (overwrite and bool(stale or orphan_files(out_dir))) or old_marker != payload \
+        or (out_dir / ".partial").exists()
+    if must_write:
+        probe_writable_dir(out_dir, "dataset folder")
+        write_marker(out_dir, marker, payload)
+        for sub in ("imagesTr", "labelsTr", "manifest"):
+            (out_dir / sub).mkdir(parents=True, exist_ok=True)
+        clean_partial(out_dir)
 
     def crashed(task: tuple, exc: BaseException) -> CaseResult:
         return CaseResult(task[3], "failed", task[0], f"worker crashed: {type(exc).__name__}: {exc}")
 
     prefix_of = {t[3]: cohort_prefix(t[1]["cohort"]) for t in tasks}
-    for res in run_parallel(assemble_one, tasks, num_processes, desc=f"assemble {out_dir.name}", quiet=quiet,
-                            on_crash=crashed):
-        row = per_cohort[prefix_of[res.case_id]]
-        if res.status == "failed":
-            row["failed"] += 1
-            summary.failed.append({"case_id": res.case_id, "source_path": res.source_path, "reason": res.reason})
-            print(f"[nnunetv2_petct] FAILED {res.case_id}: {res.reason}", file=sys.stderr)
-        else:
-            row["written"] += 1
-    clean_partial(out_dir)
-    dj = finalize_dataset(out_dir, name=name, labeled=False, pet_normalization=pet_norm,
-                          description="unlabeled PET/CT pretraining set (body-mask pseudo-labels) from "
-                                      + ", ".join(s.name for s in sources),
-                          extra={"petct_sources": [s.name for s in sources]})
-    summary.num_training = dj["numTraining"]
+    for new_id in kept:
+        per_cohort[prefix_of[new_id]]["written"] += 1
+    stopped = None
+    results = run_parallel(assemble_one, todo, num_processes, desc=f"assemble {out_dir.name}", quiet=quiet,
+                           on_crash=crashed)
+    try:
+        for res in results:
+            row = per_cohort[prefix_of[res.case_id]]
+            if res.status == "failed":
+                row["failed"] += 1
+                summary.failed.append({"case_id": res.case_id, "source_path": res.source_path, "reason": res.reason})
+                print_above_progress(f"[nnunetv2_petct] FAILED {res.case_id}: {res.reason}")
+                if res.fatal:
+                    stopped = res
+                    break
+            else:
+                row["written"] += 1
+    finally:
+        results.close()
+    if must_write:
+        clean_partial(out_dir)
+    if stopped is None and overwrite:
+        for case_id in stale:
+            remove_case(out_dir, case_id)
+        for rel in orphan_files(out_dir):
+            (out_dir / rel).unlink()
+    if out_dir.is_dir():
+        dj = finalize_dataset(out_dir, name=name, labeled=False, pet_normalization=pet_norm,
+                              description="unlabeled PET/CT pretraining set (body-mask pseudo-labels) from "
+                                          + ", ".join(s.name for s in sources),
+                              extra={"petct_sources": [s.name for s in sources]})
+        summary.num_training = dj["numTraining"]
     summary.failed.sort(key=lambda f: f["case_id"])
     summary.seconds = time.perf_counter() - t0
-    write_json_atomic(summary.to_dict(), out_dir / "summary.json")
-    write_text_atomic(f"# {out_dir.name}\n\nSources: {', '.join(s.name for s in sources)}\n\n{summary.table()}\n\n"
-                      f"numTraining = {summary.num_training}\n", out_dir / "summary.md")
+    if must_write:
+        write_json_atomic(summary.to_dict(), out_dir / "summary.json")
+        write_text_atomic(f"# {out_dir.name}\n\nSources: {', '.join(s.name for s in sources)}\n\n"
+                          f"{summary.table()}\n\nnumTraining = {summary.num_training}\n", out_dir / "summary.md")
+    if stopped is not None:
+        err = WriteError(f"{stopped.reason}. The run stopped; finished cases are kept: fix the output folder "
+                         f"and rerun to build the rest")
+        raise err
     return summary

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from nnunetv2_petct.conversion.core import (
+    NONFINITE_POLICIES,
     PET_NORMALIZATION_BY_CHOICE,
     PET_NORMALIZATION_CHANNEL_NAMES,
     BadInputError,
@@ -21,8 +22,11 @@ from nnunetv2_petct.conversion.core import (
     ConversionReport,
     Discovery,
     LayoutError,
+    check_dataset_folder,
     convert_cases,
+    source_tree_links,
 )
+from nnunetv2_petct.io import probe_writable_dir
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +141,7 @@ def find_dataset_dir(raw_dir: Path, dataset: int | str) -> Path:
 def convert_cohort(cohort: str, source: str | os.PathLike, dataset_id: int, raw_dir: str | os.PathLike | None = None,
                    *, name: str | None = None, num_processes: int = 1, overwrite: bool = False, quiet: bool = False,
                    crop: bool | None = None, pet_normalization: str = "zscore",
-                   min_overlap_fraction: float = 0.5, body_margin_vox: int = 3,
+                   min_overlap_fraction: float = 0.5, body_margin_vox: int = 3, nonfinite: str = "error",
                    **options: Any) -> ConversionReport:
     """Convert one cohort into ``<raw_dir>/DatasetXXX_<name>/`` (nnU-Net raw format).
 
@@ -155,6 +159,8 @@ def convert_cohort(cohort: str, source: str | os.PathLike, dataset_id: int, raw_
             historical one (``"zscore"`` = nnunet: PET channel named "PET"; ``"global"`` = pet-global: PET
             named "ct", which nnU-Net maps to CTNormalization); recorded in
             ``dataset.json["petct_normalization"]``.
+        nonfinite: NaN/inf voxels in a source image: ``"error"`` (the case fails) or ``"zero"`` (set to
+            0, recorded in the manifest).
         **options: cohort-specific options (see :func:`cohort_options`), e.g. ``spacing=(3, 3.5, 3.5)``.
 
     Returns:
@@ -162,13 +168,17 @@ def convert_cohort(cohort: str, source: str | os.PathLike, dataset_id: int, raw_
 
     Raises:
         BadInputError: unknown cohort, option not valid for the cohort, missing source, no output
-            folder, dataset id clash, or a layout that does not match (:class:`LayoutError`).
+            folder, dataset id clash, a dataset folder this package did not write, or a layout that does
+            not match (:class:`LayoutError`).
+        WriteError: the dataset folder cannot be written (read-only, not a folder, disk full, no inodes).
     """
     if cohort not in COHORTS:
         raise BadInputError(f"unknown cohort {cohort!r}; choose one of {', '.join(COHORTS)}")
     pet_normalization = PET_NORMALIZATION_BY_CHOICE.get(pet_normalization, pet_normalization)
     if pet_normalization not in PET_NORMALIZATION_CHANNEL_NAMES:
         raise BadInputError(f"--normalization must be one of {sorted(PET_NORMALIZATION_BY_CHOICE)}")
+    if nonfinite not in NONFINITE_POLICIES:
+        raise BadInputError(f"--nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, got {nonfinite!r}")
     spec = COHORTS[cohort]
     allowed = cohort_options(cohort)
     bad = sorted(k for k, v in options.items() if v is not None and k not in allowed)
@@ -181,6 +191,12 @@ def convert_cohort(cohort: str, source: str | os.PathLike, dataset_id: int, raw_
         raise BadInputError(f"source folder {source} does not exist")
     raw = resolve_raw_dir(raw_dir)
     dataset_dir = dataset_folder(raw, dataset_id, name or spec.default_name)
+    # before the (possibly long) discovery: a folder this tool did not write, or an output that cannot
+    # take a new dataset folder at all (an existing folder is judged after planning: a run with nothing
+    # to do must also work read-only)
+    check_dataset_folder(dataset_dir, "converted", "nnUNetv2_petct_convert")
+    if not dataset_dir.exists():
+        probe_writable_dir(raw, "nnU-Net raw folder")
     _check_existing_cohort(dataset_dir, cohort, overwrite)
     discovery = spec.discover(source, **{k: v for k, v in options.items() if v is not None})
     if not discovery.sources:
@@ -189,11 +205,12 @@ def convert_cohort(cohort: str, source: str | os.PathLike, dataset_id: int, raw_
     opts = ConversionOptions(
         labeled=discovery.labeled, crop_to_body=spec.crop_default if crop is None else bool(crop),
         body_margin_vox=body_margin_vox, min_overlap_fraction=min_overlap_fraction,
-        pet_normalization=pet_normalization,
+        pet_normalization=pet_normalization, nonfinite=nonfinite,
     )
+    notes = list(discovery.notes) + (source_tree_links(source) if source.is_dir() else [])
     return convert_cases(discovery.sources, dataset_dir, opts, name=dataset_dir.name.split("_", 1)[1],
                          description=spec.description, num_processes=num_processes, overwrite=overwrite,
-                         quiet=quiet, excluded=discovery.excluded, notes=discovery.notes)
+                         quiet=quiet, excluded=discovery.excluded, notes=notes)
 
 
 def _check_existing_cohort(dataset_dir: Path, cohort: str, overwrite: bool) -> None:
@@ -206,7 +223,8 @@ def _check_existing_cohort(dataset_dir: Path, cohort: str, overwrite: bool) -> N
         return
     if existing and cohort not in existing and not overwrite:
         raise BadInputError(f"{dataset_dir} already holds cohort(s) {existing}, not {cohort!r}; use another dataset "
-                            f"id (merge cohorts with nnUNetv2_petct_pretraining_dataset) or --overwrite")
+                            f"id (merge cohorts with nnUNetv2_petct_pretraining_dataset) or --overwrite (which "
+                            f"replaces its cases with this cohort's)")
 
 
 __all__ = ["COHORTS", "CohortSpec", "CaseSource", "cohort_options", "convert_cohort", "dataset_folder",

@@ -30,6 +30,7 @@ from nnunetv2_petct.conversion.core import (
     LoadedCase,
     describe_tree,
     sanitize_id,
+    walk_files,
 )
 from nnunetv2_petct.io import read_case_list
 
@@ -98,7 +99,7 @@ def discover_spade(source: Path, spacing: Sequence[float] | None = None, pet_uni
         spacing_mm, spacing_source = tuple(float(s) for s in spacing), "given by the user"
     if len(spacing_mm) != 3 or min(spacing_mm) <= 0:
         raise BadInputError(f"spacing must be three positive numbers (z y x), got {spacing}")
-    scan_dirs = sorted({p.parent for name in ("pet.npy", "ct.npy") for p in root.rglob(name)})
+    scan_dirs = sorted({p.parent for p in walk_files(root) if p.name in ("pet.npy", "ct.npy")})
     if not scan_dirs:
         raise LayoutError(f"no SPADE scan (<patient>/<scan>/pet.npy, ct.npy) under {root}. Found: {describe_tree(root)}")
     user_excl = set(read_case_list(exclude)) if exclude else set()

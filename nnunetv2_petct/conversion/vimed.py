@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import os
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -35,6 +34,7 @@ from nnunetv2_petct.conversion.core import (
     LoadedCase,
     describe_tree,
     sanitize_id,
+    walk_tree,
 )
 from nnunetv2_petct.io import read_case_list
 
@@ -132,8 +132,7 @@ def discover_vimed(source: Path, pet_glob: str | None = None, ct_glob: str | Non
     user_excl = set(read_case_list(exclude)) if exclude else set()
 
     studies: list[tuple[Path, list[str], list[str]]] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
+    for dirpath, filenames in walk_tree(root):  # folder links followed, loops cut
         supported = sorted(f for f in filenames if file_kind(f))
         pets = [f for f in supported if _match(f, pet_glob)]
         cts = [f for f in supported if _match(f, ct_glob) and f not in pets]
@@ -163,7 +162,8 @@ def discover_vimed(source: Path, pet_glob: str | None = None, ct_glob: str | Non
                       f"(--pet-glob {pet_glob!r}) and CT candidates {cts or 'none'} (--ct-glob {ct_glob!r})")
             load = partial(_fail, reason)
         sources.append(CaseSource(case_id=case_id, patient_id=case_id, cohort="vimed-pet", source_path=str(d),
-                                  load=load, info={"study_folder": rel, "pet_file": pets, "ct_file": cts}))
+                                  load=load, info={"study_folder": rel, "pet_file": pets, "ct_file": cts},
+                                  files=tuple(str(d / f) for f in pets + cts)))
     if need_spacing:
         raise BadInputError(
             f"{len(need_spacing)} study(ies) are stored as arrays without geometry (e.g. {need_spacing[0]}): "

@@ -33,8 +33,10 @@ import numpy as np
 from nnunetv2_petct.io import (
     IncompleteFileError,
     check_nifti_gz_complete,
+    describe_itk_error,
     fmt_number,
     jsonable,
+    probe_writable_dir,
     run_parallel,
     write_json_atomic,
     write_text_atomic,
@@ -151,7 +153,12 @@ def collect_cases(
             )
     problems = []
     for c in refs:
+        bad = _incomplete_files(c, (("reference", refs[c]), ("prediction", preds[c]), ("PET", pets[c])))
+        if bad:
+            problems += bad
+            continue
         try:
+            current = ("reference", refs[c])
             h_ref = _header(refs[c])
             if h_ref["dim"] != 3:
                 problems.append(f"{c}: reference {refs[c].name} is {h_ref['dim']}D, expected 3D")
@@ -159,11 +166,12 @@ def collect_cases(
             for kind, path in (("prediction", preds[c]), ("PET", pets[c])):
                 if path is None:
                     continue
+                current = (kind, path)
                 diff = _geometry_difference(h_ref, _header(path))
                 if diff is not None:
                     problems.append(f"{c}: {kind} {path.name} is not on the reference grid ({diff})")
         except RuntimeError as e:  # SimpleITK cannot read a header
-            problems.append(f"{c}: unreadable file ({str(e).strip().splitlines()[0] if str(e) else e!r})")
+            problems.append(f"{c}: cannot read {current[0]} {current[1]}: {describe_itk_error(e)}")
     if problems:
         shown = "\n  ".join(problems[:_MAX_NAMES])
         more = f"\n  (+{len(problems) - _MAX_NAMES} more)" if len(problems) > _MAX_NAMES else ""
@@ -171,16 +179,26 @@ def collect_cases(
     return [(c, refs[c], preds[c], pets[c]) for c in sorted(refs)]
 
 
+def _incomplete_files(case: str, files: Iterable[tuple[str, Path | None]]) -> list[str]:
+    """``"<case>: cannot read <kind> <path>: <reason>"`` for each empty, truncated or corrupt ``.nii.gz``
+    (ITK would read a truncated one without error, with zeros for the missing voxels)."""
+    out = []
+    for what, path in files:
+        if path is not None and str(path).lower().endswith(".nii.gz"):
+            try:
+                check_nifti_gz_complete(path, f"{what} {path}")
+            except IncompleteFileError as e:
+                out.append(f"{case}: {e}")
+    return out
+
+
 # ------------------------------------------------------------------------------------------ computation
 def _evaluate_files(case: str, ref: Path, pred: Path, pet: Path | None, overlap: str) -> tuple[dict, list[dict]]:
     import SimpleITK as sitk
 
-    for what, path in (("reference", ref), ("prediction", pred), ("PET", pet)):
-        if path is not None and str(path).lower().endswith(".nii.gz"):
-            try:  # ITK reads a truncated .nii.gz without error: never score one
-                check_nifti_gz_complete(path, f"{what} {path}")
-            except IncompleteFileError as e:
-                raise EvaluationInputError(f"case {case}: {e}") from None
+    bad = _incomplete_files(case, (("reference", ref), ("prediction", pred), ("PET", pet)))
+    if bad:  # checked again here: a file may have changed since collect_cases; never score a truncated one
+        raise EvaluationInputError(bad[0])
     try:
         ref_img = sitk.ReadImage(str(ref))
         gt = sitk.GetArrayFromImage(ref_img)  # (z, y, x)
@@ -318,9 +336,13 @@ def evaluate_folders(
     Returns:
         The summary written to ``summary.json`` (NaN written as null).
 
+    Every input ``.nii.gz`` is checked to be complete (not empty, not truncated) before anything is
+    scored, and ``out_dir`` is checked for writing before the evaluation starts.
+
     Raises:
-        EvaluationInputError: bad folders, mismatched case sets or geometries (cases named), or a
-            case that fails to evaluate.
+        EvaluationInputError: bad folders, mismatched case sets or geometries, empty or truncated
+            files (each named), or a case that fails to evaluate.
+        WriteError: ``out_dir`` cannot be written (a file, read-only, disk full): one line naming it.
         ValueError: unknown ``overlap`` or ``num_processes`` < 1.
     """
 
@@ -329,8 +351,7 @@ def evaluate_folders(
     if int(num_processes) < 1:
         raise ValueError(f"num_processes must be >= 1, got {num_processes}")
     cases = collect_cases(Path(ref_dir), Path(pred_dir), None if pet_dir is None else Path(pet_dir))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = probe_writable_dir(out_dir, "output folder")
     results: dict[str, tuple[dict, list[dict]]] = {}
     tasks = [(c, r, p, pet, overlap) for c, r, p, pet in cases]
     for c, result in run_parallel(_evaluate_indexed, tasks, int(num_processes), desc="evaluating", quiet=quiet,

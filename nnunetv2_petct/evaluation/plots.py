@@ -20,6 +20,16 @@ METHOD_ORDER = ("pretrained", "scratch", "probe")
 _METHOD_STYLE = {"pretrained": ("tab:red", "o"), "scratch": ("tab:blue", "s"), "probe": ("tab:green", "^")}
 
 
+def _save_figure(fig, out_png: str | os.PathLike) -> Path:
+    """Write ``fig`` as PNG atomically and verified (:func:`nnunetv2_petct.io.atomic_write`)."""
+    from nnunetv2_petct.io import atomic_write
+
+    out = Path(out_png)
+    with atomic_write(out) as tmp:
+        fig.savefig(tmp, format="png")
+    return out
+
+
 def _new_figure(figsize: tuple[float, float], dpi: int):
     """A matplotlib Figure drawn by the Agg canvas, without pyplot (no global backend state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -95,10 +105,7 @@ def plot_dice_vs_fraction(table_rows: Iterable[Mapping], out_png: str | os.PathL
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    return out
+    return _save_figure(fig, out_png)
 
 
 MIP_VIEWS = ("coronal", "sagittal")
@@ -226,10 +233,7 @@ def plot_pet_mip_with_contours(
     """
     fig = _draw_mip(pet_zyx, [(gt_zyx, "limegreen", "solid", "ground truth"),
                               (pred_zyx, "red", "dashed", "prediction")], spacing_mm, "coronal", title, vmax_suv)
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    return out
+    return _save_figure(fig, out_png)
 
 
 def pet_mip_png(

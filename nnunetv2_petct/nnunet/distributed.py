@@ -283,7 +283,10 @@ class DistributedTrainerMixin:
         folder = os.path.join(self.output_folder, "sync_check")
         os.makedirs(folder, exist_ok=True)
         state = {k: v.detach().cpu() for k, v in _unwrap(self.network).state_dict().items()}
-        torch.save(state, os.path.join(folder, name))
+        from nnunetv2_petct.io import atomic_write
+
+        with atomic_write(os.path.join(folder, name)) as tmp:
+            torch.save(state, tmp)
 
     def _sync_check(self, step: int, loss, keys) -> float:
         """All-gather parameter checksums (and this step's loss, keys, mask seed); raise if ranks differ."""

@@ -52,7 +52,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from nnunetv2_petct.io import fmt_number
+from nnunetv2_petct.io import fmt_number, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -459,7 +459,7 @@ def label_efficiency(
                      for s, f in zip(subsets, folds)], str(splits_file))
     d = design.to_dict()
     d["patients_from"] = patient_source
-    (out / DESIGN_FILE).write_text(json.dumps(d, indent=2) + "\n")
+    write_text_atomic(json.dumps(d, indent=2) + "\n", out / DESIGN_FILE)
 
     # compatibility of the foundation checkpoint with this dataset's network, before any run
     if pretrained is not None and any(m in NEEDS_PRETRAINED for m in methods):
@@ -502,7 +502,7 @@ def label_efficiency(
     script += [shlex.join(r.predict_cmd) for r in runs]
     script += ["# 3) evaluation and table:",
                f"# nnUNetv2_petct_label_efficiency -d {dataset_name} ... --skip-training -o {out}"]
-    (out / "commands.sh").write_text("\n".join(script) + "\n")
+    write_text_atomic("\n".join(script) + "\n", out / "commands.sh")
     if dry_run:
         print("\n".join(script[4:]))
         return []
@@ -593,8 +593,8 @@ def write_table(rows: Sequence[Mapping], out_dir: str | os.PathLike, design: Des
     for r in rows:
         w.writerow(["" if r.get(c) is None else r.get(c) for c in TABLE_COLUMNS])
     paths = {"csv": out / TABLE_CSV, "md": out / TABLE_MD}
-    paths["csv"].write_text(buf.getvalue())
-    paths["md"].write_text(table_markdown(rows, design))
+    write_text_atomic(buf.getvalue(), paths["csv"])
+    write_text_atomic(table_markdown(rows, design), paths["md"])
     # shots subsets stay in the table only: their effective fraction could coincide with a fraction subset
     plottable = [{"fraction": r["fraction"], "method": r["method"], "dice": r["dice"]} for r in rows
                  if r.get("dice") is not None and r.get("shots") in (None, "")]

@@ -25,9 +25,14 @@ import copy
 import hashlib
 import logging
 import os
+import pickle
+import re
+import string
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -57,8 +62,100 @@ ADAPT_FIX = (
 )
 
 
+#: Environment variable: ``1`` lets a trainer of this package pass a ``-pretrained_weights`` file to
+#: nnU-Net's loader without the weights-only check (for a *trusted* legacy file; see
+#: :func:`check_pretrained_weights_file`). Prefer converting the file once with
+#: ``nnUNetv2_petct_adapt_checkpoint FILE --import-trusted -o SAFE.pth``.
+TRUST_CHECKPOINT_ENV = "NNUNETV2_PETCT_TRUST_CHECKPOINT"
+
+
 class IncompatibleCheckpointError(ValueError):
     """A checkpoint cannot be loaded into a network; the message lists the differing tensors and the fix."""
+
+
+class UnsafeCheckpointError(IncompatibleCheckpointError):
+    """Loading the file would unpickle Python objects (which can run code); refused. The message says how to
+    convert a trusted file."""
+
+
+class CorruptCheckpointError(IncompatibleCheckpointError):
+    """The file is empty, truncated, text or otherwise not a PyTorch checkpoint; the message names it."""
+
+
+def _convert_hint(path: Path) -> str:
+    out = path.with_name(path.stem + "_safe.pth")
+    return (f"If you trust where the file comes from, convert it once into a weights-only file: "
+            f"`nnUNetv2_petct_adapt_checkpoint {path} --import-trusted -o {out}` and use that file (or set "
+            f"{TRUST_CHECKPOINT_ENV}=1 to let nnU-Net load it as it is).")
+
+
+def read_checkpoint_safely(path: str | os.PathLike, map_location: Any = "cpu",
+                           allow_numpy_scalars: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)``, with one message naming the file for each way it fails.
+
+    Never runs code stored in the file. ``allow_numpy_scalars`` additionally accepts numpy scalars and
+    dtypes (what nnU-Net's own training checkpoints of older versions hold; rebuilding them runs no
+    code of the file).
+
+    Raises:
+        FileNotFoundError: no such file.
+        CorruptCheckpointError: a folder, an empty file, a truncated/corrupt ``torch.save`` zip archive, a
+            text file, or bytes of an unknown format.
+        UnsafeCheckpointError: a pickle that references Python classes or functions outside torch's
+            allow-list (the offending global is named) or a legacy pickle the safe loader cannot read;
+            the message says how to convert a trusted file.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise CorruptCheckpointError(f"{path} is a folder, not a checkpoint file")
+    size = path.stat().st_size
+    if size == 0:
+        raise CorruptCheckpointError(f"{path} is empty (0 bytes): not a checkpoint (an interrupted copy or save?)")
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                z.infolist()
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            raise CorruptCheckpointError(f"{path} is truncated or corrupt: the zip archive torch.save writes is "
+                                         f"incomplete ({e}); copy or save it again") from None
+    elif not head.startswith(b"\x80"):
+        printable = sum(chr(b) in string.printable for b in head) / max(1, len(head))
+        kind = "a text file" if printable > 0.95 else "in an unknown format"
+        raise CorruptCheckpointError(f"{path} is not a PyTorch checkpoint: it is {kind} ({size} bytes; a "
+                                     f"torch.save file is a zip archive or a pickle)")
+    try:
+        if allow_numpy_scalars:
+            import numpy as np
+
+            core = np._core if hasattr(np, "_core") else np.core  # numpy 2 / 1
+            allowed = [np.dtype, core.multiarray.scalar] + [type(np.dtype(c)) for c in "?bBhHiIlLqQefdgFDG"]
+            with torch.serialization.safe_globals(allowed):
+                return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        m = re.search(r"Unsupported global: GLOBAL (\S+)|load unsupported GLOBAL (\S+)", text)
+        if m:
+            what = f"it references {m.group(1) or m.group(2)}"
+        elif "Weights only load failed" in text:
+            op = re.search(r"Unsupported operand (\d+)", text)
+            what = ("it is a legacy pickle the safe loader cannot read" + (f" (pickle operand {op.group(1)})" if op
+                                                                             else ""))
+        else:
+            raise CorruptCheckpointError(f"{path} is not a readable PyTorch checkpoint ({text.splitlines()[0][:200]})"
+                                         ) from None
+        raise UnsafeCheckpointError(
+            f"{path} is not a weights-only checkpoint: {what}. Loading it would unpickle Python objects, which "
+            f"can run arbitrary code, so it is refused. {_convert_hint(path)}") from None
+    except (RuntimeError, EOFError, ValueError, KeyError, OSError, IndexError) as e:
+        first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise CorruptCheckpointError(f"{path} is truncated or corrupt ({first}); copy or save it again") from None
 
 
 # ------------------------------------------------------------------------------------------- access
@@ -100,25 +197,20 @@ def state_dict_of(obj) -> dict[str, torch.Tensor]:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict:
-    """Load a checkpoint with ``torch.load(weights_only=True)`` (no arbitrary code runs).
+    """Load a checkpoint with ``torch.load(weights_only=True)`` (no arbitrary code runs;
+    :func:`read_checkpoint_safely`).
 
     A bare state dict is wrapped as ``{"network_weights": state_dict}``.
 
     Raises:
         FileNotFoundError: no such file.
-        IncompatibleCheckpointError: the file is not a checkpoint / state dict, or needs unsafe
-            unpickling (the message names the file).
+        IncompatibleCheckpointError: the file is not a checkpoint / state dict
+            (:class:`CorruptCheckpointError` when empty, truncated or not a checkpoint), or needs unsafe
+            unpickling (:class:`UnsafeCheckpointError`, with how to convert a trusted file); the message
+            names the file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise IncompatibleCheckpointError(
-            f"{path}: cannot be read with torch.load(weights_only=True) ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}). Only plain tensor/dict checkpoints are accepted."
-        ) from e
+    obj = read_checkpoint_safely(path, map_location)
     if not isinstance(obj, dict):
         raise IncompatibleCheckpointError(f"{path}: not a checkpoint dict (got {type(obj).__name__})")
     if "network_weights" not in obj:
@@ -128,6 +220,94 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict:
             raise IncompatibleCheckpointError(f"{path}: no 'network_weights' and not a state dict") from e
         obj = {"network_weights": sd}
     return obj
+
+
+def import_trusted_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a *trusted* legacy checkpoint (``torch.load(weights_only=False)``: code in the file runs) and
+    return it in weights-only form: a bare state dict is wrapped as ``network_weights``, numpy values
+    become Python numbers/lists, tuples lists, and any other object its ``str`` (recorded in
+    ``petct_metadata["imported_from"]``). Only for files whose origin you trust.
+
+    Raises:
+        FileNotFoundError, CorruptCheckpointError: no such file; empty, truncated or not a checkpoint.
+        IncompatibleCheckpointError: the file holds no state dict.
+    """
+    import torch
+
+    path = Path(path)
+    try:
+        read_checkpoint_safely(path)
+    except UnsafeCheckpointError:
+        pass  # expected: that is why it is imported
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any reader error of a legacy file
+        raise CorruptCheckpointError(f"{path} cannot be read ({type(e).__name__}: {str(e)[:200]})") from None
+    if isinstance(obj, torch.nn.Module):
+        obj = {"network_weights": obj.state_dict()}
+    if not isinstance(obj, Mapping):
+        raise IncompatibleCheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
+    if "network_weights" not in obj:
+        try:
+            obj = {"network_weights": state_dict_of(obj)}
+        except TypeError:
+            raise IncompatibleCheckpointError(f"{path}: no 'network_weights' and not a state dict") from None
+    out = {k: (v if k == "network_weights" else _plain(v)) for k, v in obj.items()}
+    out["network_weights"] = {str(k): v.detach().cpu() for k, v in obj["network_weights"].items()
+                              if isinstance(v, torch.Tensor)}
+    meta = dict(out.get("petct_metadata") or {}) if isinstance(out.get("petct_metadata"), Mapping) else {}
+    meta["imported_from"] = {"file": str(path.resolve()), "how": "import_trusted_checkpoint (weights_only=False)"}
+    out["petct_metadata"] = meta
+    return out
+
+
+def _plain(obj: Any) -> Any:
+    """What torch's weights-only loader accepts: tensors and builtins pass; numpy -> Python; other -> str."""
+    import torch
+
+    if obj is None or isinstance(obj, (torch.Tensor, torch.device, torch.dtype)):
+        return obj
+    for t in (bool, int, float, str):
+        if isinstance(obj, t):
+            return t(obj)
+    if type(obj).__module__ == "numpy":
+        return obj.tolist() if hasattr(obj, "tolist") else str(obj)
+    if isinstance(obj, Mapping):
+        return {(k if isinstance(k, (str, int)) else str(k)): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [_plain(v) for v in obj]
+    return str(obj)
+
+
+def check_pretrained_weights_file(path: str | os.PathLike, network) -> MismatchReport:
+    """What a trainer of this package checks before nnU-Net's ``-pretrained_weights`` loader reads ``path``
+    (that loader uses ``torch.load(weights_only=False)``, which runs code stored in the file).
+
+    The file must load with ``weights_only=True`` (:func:`read_checkpoint_safely`), hold
+    ``network_weights`` (nnU-Net's loader needs that key), and fit ``network`` as nnU-Net's loader
+    demands (every non-output tensor present with its shape).
+
+    Returns:
+        The compatibility report (ok).
+
+    Raises:
+        FileNotFoundError: no such file.
+        UnsafeCheckpointError, CorruptCheckpointError: see :func:`read_checkpoint_safely`.
+        IncompatibleCheckpointError: no ``network_weights``, or another architecture: the first differing
+            tensors (5 of each kind) and the fix.
+    """
+    path = Path(path)
+    obj = read_checkpoint_safely(path)
+    if not isinstance(obj, Mapping) or "network_weights" not in obj:
+        what = "a bare state dict" if isinstance(obj, Mapping) else f"a {type(obj).__name__}"
+        raise IncompatibleCheckpointError(
+            f"{path} is {what} without 'network_weights', which nnU-Net's -pretrained_weights needs; wrap it with "
+            f"`nnUNetv2_petct_adapt_checkpoint {path} --import-trusted -o "
+            f"{path.with_name(path.stem + '_nnunet.pth')}`")
+    rep_ = compare_state_dicts(obj, network, _plan_in_proj_names(obj))
+    if not rep_.ok:
+        raise IncompatibleCheckpointError(f"{path} does not fit the network of this training. " + rep_.message(5))
+    return rep_
 
 
 def save_checkpoint(checkpoint: dict, path: str | os.PathLike) -> Path:

@@ -68,7 +68,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -78,6 +77,7 @@ from torch.optim.lr_scheduler import _LRScheduler
 
 from nnunetv2_petct.conversion.channels import channel_kind
 from nnunetv2_petct.nnunet.trainers.base import TinyScheduleMixin, nnUNetTrainerPETCT
+from nnunetv2_petct.nnunet.trainers.base import pretrained_file_from_argv as _pretrained_file_from_argv
 from nnunetv2_petct.transfer.foundation import normalization_mismatch, read_adaptation_plan
 from nnunetv2_petct.transfer.weights import tensor_digest
 
@@ -136,17 +136,6 @@ class WarmupPolyLRScheduler(_LRScheduler):
 def _plain_module(network):
     mod = network.module if hasattr(network, "module") and isinstance(network.module, torch.nn.Module) else network
     return getattr(mod, "_orig_mod", mod)
-
-
-def _pretrained_file_from_argv(argv: list[str] | None = None) -> str | None:
-    """The value after ``-pretrained_weights`` in ``argv`` (``sys.argv``), or None."""
-    argv = sys.argv if argv is None else argv
-    for i, a in enumerate(argv):
-        if a == "-pretrained_weights" and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith("-pretrained_weights="):
-            return a.split("=", 1)[1]
-    return None
 
 
 # ---------------------------------------------------------------------------------------- mixins

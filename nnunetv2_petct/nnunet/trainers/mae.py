@@ -71,8 +71,13 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import distributed as dist
 from torch._dynamo import OptimizedModule
 
-from nnunetv2_petct.io import atomic_write
-from nnunetv2_petct.nnunet.trainers.base import PETCTChannelCheckMixin, TinyScheduleMixin
+from nnunetv2_petct.io import atomic_write, write_json_atomic
+from nnunetv2_petct.nnunet.trainers.base import (
+    CheckedPretrainedWeightsMixin,
+    PETCTChannelCheckMixin,
+    SafeCheckpointMixin,
+    TinyScheduleMixin,
+)
 from nnunetv2_petct.pretraining.mae import (
     PAPER_BLOCK_SIZE,
     PAPER_BLOCK_SIZE_MM,
@@ -110,7 +115,7 @@ def freeze_deep_supervision_heads(network: torch.nn.Module) -> int:
     return len(layers) - 1
 
 
-class nnUNetTrainerPETCTMAE(PETCTChannelCheckMixin, nnUNetTrainer):
+class nnUNetTrainerPETCTMAE(PETCTChannelCheckMixin, CheckedPretrainedWeightsMixin, SafeCheckpointMixin, nnUNetTrainer):
     """MAE pretraining with the paper's defaults (see the module docstring and :class:`MAEConfig`)."""
 
     mae_config: MAEConfig = MAEConfig()
@@ -370,33 +375,13 @@ class nnUNetTrainerPETCTMAE(PETCTChannelCheckMixin, nnUNetTrainer):
             "data_summary": dict(self._data_summary),
         }
 
-    def save_checkpoint(self, filename: str) -> None:
-        # nnU-Net's checkpoint plus "mae_state" and "mae_config".
-        if self.local_rank != 0:
-            return
-        if self.disable_checkpointing:
-            self.print_to_log_file("No checkpoint written, checkpointing is disabled")
-            return
-        checkpoint = {
-            "network_weights": self._unwrapped_network().state_dict(),
-            "optimizer_state": self.optimizer.state_dict(),
-            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
-            "logging": self.logger.get_checkpoint(),
-            "_best_ema": self._best_ema,
-            "current_epoch": self.current_epoch + 1,
-            "init_args": self.my_init_kwargs,
-            "trainer_name": self.__class__.__name__,
-            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
-            "mae_state": self.mae_state(),
-        }
-        torch.save(checkpoint, filename)
+    def checkpoint_payload(self) -> dict:
+        """nnU-Net's checkpoint plus ``mae_state`` (saved atomically and weights-only safe by
+        :class:`~nnunetv2_petct.nnunet.trainers.base.SafeCheckpointMixin`)."""
+        return {**super().checkpoint_payload(), "mae_state": self.mae_state()}
 
-    def load_checkpoint(self, filename_or_checkpoint) -> None:
-        super().load_checkpoint(filename_or_checkpoint)
-        if isinstance(filename_or_checkpoint, str):
-            checkpoint = torch.load(filename_or_checkpoint, map_location="cpu", weights_only=False)
-        else:
-            checkpoint = filename_or_checkpoint
+    def on_checkpoint_loaded(self, checkpoint: dict) -> None:
+        """Restore the MAE state after nnU-Net's (``load_checkpoint``: weights-only, falls back when corrupt)."""
         state = checkpoint.get("mae_state")
         if state is None:
             self.print_to_log_file("WARNING: checkpoint has no MAE state (not written by an MAE trainer); "
@@ -543,8 +528,7 @@ class nnUNetTrainerPETCTMAE(PETCTChannelCheckMixin, nnUNetTrainer):
             "cases": cases,
         }
         path = join(self.output_folder, "validation_reconstruction.json")
-        with open(path, "w") as f:
-            json.dump(summary, f, indent=2, allow_nan=True)
+        write_json_atomic(summary, path)
         if example is not None:
             self.write_preview("final", example)
         self.print_to_log_file(f"MAE validation: mean reconstruction loss {summary['mean_loss']} over "
