@@ -447,8 +447,8 @@ def _check_leakage(checkpoints: Sequence[tuple[str, Path, Mapping]], test: Seque
     for what, path, ckpt in checkpoints:
         rep = check_checkpoint_leakage(ckpt, test, test_records)
         entry = {"checkpoint": what, "file": str(path), **rep.to_dict()}
-        if rep.verified and not rep.overlap:
-            entry["verified_excluded_test_cases"] = sorted(test)
+        if rep.verified:  # the test cases shown absent from this checkpoint's pretraining set
+            entry["verified_excluded_test_cases"] = sorted(set(test) - set(rep.overlapping_test_cases))
         out["checkpoints"].append(entry)
         if rep.overlap and not allow_test_overlap:
             raise LabelEfficiencyError(
@@ -996,6 +996,8 @@ def write_table(run_rows: Sequence[Mapping], case_rows: Sequence[Mapping], out_d
         paths["png"] = plot_dice_vs_fraction(
             plottable, out / PLOT_PNG,
             title=f"mean over {n_seeds} seeds; error bars: sd over seeds" if n_seeds > 1 else "one seed (no error bars)")
+    elif all(r.get("shots") not in (None, "") for r in summary):
+        logger.info("only K-shot subsets: no Dice-vs-fraction plot")
     else:
         logger.warning("no Dice value (all test cases have empty ground truth?): no plot")
     return paths

@@ -347,6 +347,7 @@ def test_leakage_guard_refuses_test_cases_that_were_pretrained_on(transfer_grid,
     assert ok.returncode == 0 and "WARNING: --allow-test-overlap" in ok.stderr and test_ids[1] in ok.stderr
     (check,) = json.loads((tmp_path / "allowed" / "label_efficiency_design.json").read_text())["leakage_check"]["checkpoints"]
     assert check["overlapping_test_cases"] == [test_ids[1]] and check["verified"] is True
+    assert check["verified_excluded_test_cases"] == [test_ids[0]]
     # a checkpoint that does not list its pretraining cases runs, recorded as unverified
     unknown = make_foundation_checkpoint(pre, tmp_path / "unknown.pth")
     assert _runner(monkeypatch, capsys, g.env, *base[1:4], str(unknown), *base[5:], "-o",
