@@ -11,6 +11,8 @@ from nnunetv2_petct.nnunet.trainers.finetune import (
     nnUNetTrainerPETCTLinearProbeRandomInit_tiny,
     nnUNetTrainerPETCTScratch,
     nnUNetTrainerPETCTScratch_tiny,
+    nnUNetTrainerPETCTScratchLR1e3,
+    nnUNetTrainerPETCTScratchLR1e3_tiny,
 )
 
 __all__ = [
@@ -24,4 +26,6 @@ __all__ = [
     "nnUNetTrainerPETCTLinearProbe_tiny",
     "nnUNetTrainerPETCTScratch",
     "nnUNetTrainerPETCTScratch_tiny",
+    "nnUNetTrainerPETCTScratchLR1e3",
+    "nnUNetTrainerPETCTScratchLR1e3_tiny",
 ]

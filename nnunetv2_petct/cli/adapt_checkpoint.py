@@ -17,16 +17,19 @@ modes
        nnUNetv2_petct_adapt_checkpoint foundation_final.pth --keep PET -o foundation_PET.pth
      Rule: the input projection (first convolution, every alias of it in the state dict) keeps only the
      kept channel's slice of its weights (w[:, k]); every other tensor is unchanged.
-  2) one 2-channel checkpoint from two single-channel ("separated-modality") checkpoints:
-       nnUNetv2_petct_adapt_checkpoint --ct foundation_CT.pth --pet foundation_PET.pth -o foundation_joint.pth
-     Rule: the input projections are concatenated (channel 0 = CT, 1 = PET); every other tensor is the
-     element-wise mean of the two networks and the concatenated projection is halved (--rule average,
-     default), or all other tensors come from one network (--rule first = the CT network, --rule second =
-     the PET network).
-     Limits: independently trained networks are not aligned unit by unit, so the average is a heuristic
-     starting point, not a network that computes either model's features; with first/second the other
-     modality enters features never trained on it. Neither equals joint pretraining or a dual-branch
-     model; fine-tune after merging.
+  2) ONLY TO INITIALISE FINE-TUNING: one 2-channel checkpoint from two single-channel
+     ("separated-modality") checkpoints:
+       nnUNetv2_petct_adapt_checkpoint --ct foundation_CT.pth --pet foundation_PET.pth --rule first \
+           -o foundation_merged.pth
+     Rule, "first-conv only": the two input projections are combined (channel 0 = CT filters of the CT
+     network, channel 1 = PET filters of the PET network); every other tensor comes from ONE source
+     network, chosen with --rule (required): first = the CT network, second = the PET network. The other
+     modality enters features that were never trained on it; fine-tuning is expected to adapt.
+     There is no averaging rule: two independently trained networks are not aligned unit by unit, so an
+     average computes neither model's features. Do not linear-probe a merged checkpoint. To evaluate
+     separated-modality pretraining by probing, keep the networks intact with the late-fusion probe:
+       nnUNetv2_petct_late_fusion_checkpoint --ct foundation_CT.pth --pet foundation_PET.pth -o late_fusion.pth
+       nnUNetv2_train ... -tr nnUNetTrainerPETCTLateFusionProbe -pretrained_weights late_fusion.pth
   4) --import-trusted: turn a legacy checkpoint that needs unsafe unpickling (Python objects, numpy values,
      a bare state dict) into a weights-only one. The input is loaded with torch.load(weights_only=False),
      which RUNS CODE stored in the file: only for files whose origin you trust.
@@ -49,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="nnUNetv2_petct_adapt_checkpoint",
         description="Adapt the input channels of an nnU-Net foundation checkpoint (2 -> 1 channel, or two "
-        "single-channel checkpoints -> 2 channels), or check a checkpoint against a target network.",
+        "single-channel checkpoints -> 2 channels to initialise fine-tuning), or check a checkpoint against a "
+        "target network.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -58,8 +62,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="channel(s) to keep, by name (CT, PET) or index (0, 1)")
     p.add_argument("--ct", metavar="CKPT", help="single-channel CT checkpoint (merge mode)")
     p.add_argument("--pet", metavar="CKPT", help="single-channel PET checkpoint (merge mode)")
-    p.add_argument("--rule", choices=("average", "first", "second"), default="average",
-                   help="merge rule for the non-input tensors (default: average; see below)")
+    p.add_argument("--rule", choices=("first", "second"), default=None,
+                   help="merge mode, required: every tensor except the input projection comes from the first "
+                   "(CT) or second (PET) network (first-conv only merge, for fine-tuning initialisation)")
     p.add_argument("-o", "--output", help="output checkpoint (.pth)")
     p.add_argument("--import-trusted", action="store_true",
                    help="convert a TRUSTED legacy checkpoint (loaded with weights_only=False: code in it runs) "
@@ -91,6 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         return _err("merge mode needs both --ct and --pet")
     if merge and (a.keep or a.checkpoint):
         return _err("give either a checkpoint (with --keep/--check) or --ct/--pet, not both")
+    if merge and a.rule is None:
+        return _err("merge mode needs --rule first (CT network) or --rule second (PET network); the merge is a "
+                    "fine-tuning initialisation only (to probe separated models use nnUNetv2_petct_late_fusion_checkpoint)")
+    if a.rule is not None and not merge:
+        return _err("--rule only applies to merge mode (--ct/--pet)")
     if not merge and not a.checkpoint:
         return _err("no checkpoint given (see --help)")
     if a.import_trusted and (merge or a.keep):

@@ -18,8 +18,17 @@ images are hard-linked from the source datasets when possible. Cases that were n
 conversion (labeled cohorts) are cropped to the body unless --no-crop.
 A table of cases per cohort is printed and written to summary.json / summary.md.
 
-example:
+leakage guard: --protect-test-cases FILE (a case list, or the label-efficiency runner's
+label_efficiency_design.json) names the test cases of your label-efficiency study. If any of them would
+enter the pretraining set (same case id, source case id or AutoPET study: patient hash + study date),
+nothing is written and the cases are named; leave them out with --exclude (the same file works), or
+pass --allow-test-overlap to pretrain on them anyway (a loud warning; recorded in summary.json).
+The paper pretrained on all AutoPET studies, test studies included; this protocol does not.
+
+examples:
   nnUNetv2_petct_pretraining_dataset -d 300 --from 221 222 223 224 --exclude qc_rejects.txt
+  nnUNetv2_petct_pretraining_dataset -d 300 --from 221 222 223 224 --exclude test_cases.txt \
+      --protect-test-cases test_cases.txt
 """
 
 
@@ -36,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="PETCTPretraining", help="dataset name (default PETCTPretraining)")
     p.add_argument("--exclude", type=Path, default=None,
                    help="file of case ids to leave out (source or prefixed ids, or SPADE patient/scan)")
+    p.add_argument("--protect-test-cases", type=Path, default=None, metavar="FILE",
+                   help="test cases that must not enter the set: case list or label_efficiency_design.json")
+    p.add_argument("--allow-test-overlap", action="store_true",
+                   help="write protected test cases anyway (loud warning, recorded in summary.json)")
     p.add_argument("--no-crop", dest="crop", action="store_false", help="do not crop uncropped cases to the body")
     p.add_argument("-o", "--raw-dir", default=None, help="nnU-Net raw root (default: $nnUNet_raw)")
     p.add_argument("-np", "--num-processes", type=int, default=1)
@@ -51,12 +64,18 @@ def main(argv: list[str] | None = None) -> int:
         summary = build_pretraining_dataset(
             a.dataset_id, a.sources, a.raw_dir, name=a.name, exclude=a.exclude, crop=a.crop,
             num_processes=a.num_processes, overwrite=a.overwrite, quiet=a.quiet,
+            protect_test_cases=a.protect_test_cases, allow_test_overlap=a.allow_test_overlap,
         )
     except (BadInputError, WriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"{summary.dataset_dir}: numTraining = {summary.num_training} ({summary.seconds:.1f} s)")
     print(summary.table())
+    prot = summary.protected_test_cases
+    if prot is not None:
+        print(f"protected test cases ({prot['source']}): {prot['n_protected']}; "
+              + ("none in the pretraining set" if prot["verified_excluded"] else
+                 f"{len(prot['overlapping_test_cases'])} IN the pretraining set (--allow-test-overlap)"))
     for f in summary.failed:
         print(f"  FAILED {f['case_id']}: {f['reason']}")
     return 0 if summary.ok else 1

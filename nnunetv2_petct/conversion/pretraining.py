@@ -13,13 +13,22 @@ by default (the authors crop every scan), which means rewriting them.
 
 A summary (cases per cohort: available, excluded, duplicates, written, failed) is printed and
 written as ``summary.json`` and ``summary.md`` in the new dataset folder.
+
+Leakage guard (``protect_test_cases``): the test set of a label-efficiency study (a case list or the
+runner's ``label_efficiency_design.json``) must not enter the pretraining set. Any protected case that
+would be written (matched by case id, source case id or AutoPET study key, see
+:mod:`nnunetv2_petct.transfer.leakage`) stops the assembly before anything is written, naming the cases;
+leave them out with ``exclude`` (the same file works), or pass ``allow_test_overlap`` to pretrain on
+them anyway — then a loud warning is printed and ``summary.json`` records the overlap.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -83,6 +92,7 @@ class PretrainingSummary:
     failed: list[dict] = field(default_factory=list)
     num_training: int = 0
     seconds: float = 0.0
+    protected_test_cases: dict | None = None
 
     @property
     def ok(self) -> bool:
@@ -101,7 +111,8 @@ class PretrainingSummary:
 
     def to_dict(self) -> dict:
         return {"dataset_dir": str(self.dataset_dir), "per_cohort": self.per_cohort, "failed": self.failed,
-                "num_training": self.num_training, "seconds": round(self.seconds, 2)}
+                "num_training": self.num_training, "seconds": round(self.seconds, 2),
+                "protected_test_cases": self.protected_test_cases}
 
 
 def link_or_copy(src: Path, dst: Path, dataset_dir: Path) -> str:
@@ -225,16 +236,63 @@ def _excluded(record: dict, new_id: str, exclusions: set[str]) -> bool:
     return bool(cands & exclusions)
 
 
+def _check_protected(tasks: Sequence[tuple], protect: Path | Iterable[str] | None, allow: bool) -> dict | None:
+    """The leakage guard of :func:`build_pretraining_dataset` over the cases about to be written."""
+    from nnunetv2_petct.io import CaseListError
+    from nnunetv2_petct.transfer.leakage import OVERRIDE_FLAG, find_overlap, read_protected_cases
+    from nnunetv2_petct.transfer.splits import record_study_key
+
+    if protect is None:
+        return None
+    if isinstance(protect, (str, os.PathLike)):
+        try:
+            protected, what = read_protected_cases(protect)
+        except CaseListError as e:
+            raise BadInputError(f"--protect-test-cases: {e}") from None
+    else:
+        protected, what = sorted({str(c) for c in protect}), "given case ids"
+    entries = []
+    for src, record, _, new_id, *_ in tasks:
+        sk = record_study_key(record)
+        entry = {"case_id": new_id, "source_case_id": record["case_id"], "dataset_name": Path(src).name}
+        if sk is not None:
+            entry["study_key"] = f"{sk[0]}/{sk[1]}"
+        entries.append(entry)
+    overlap = find_overlap(protected, entries)
+    cases = sorted({o["test_case"] for o in overlap})
+    if overlap and not allow:
+        shown = "; ".join(f"{o['test_case']} = {o['pretraining_case']} from {o['pretraining_dataset']} "
+                          f"({o['shared']})" for o in overlap[:10])
+        raise BadInputError(
+            f"{len(cases)} protected test case(s) ({what}) would enter the pretraining set: {shown}"
+            f"{' ...' if len(overlap) > 10 else ''}. Leave them out with --exclude (the same file works), or pass "
+            f"{OVERRIDE_FLAG} to pretrain on them anyway (recorded in summary.json; the label-efficiency runner "
+            f"will then refuse this foundation model for that test set unless given {OVERRIDE_FLAG} too).")
+    if overlap:
+        msg = (f"WARNING: {OVERRIDE_FLAG}: {len(cases)} protected test case(s) ENTER the pretraining set "
+               f"({', '.join(cases[:10])}{' ...' if len(cases) > 10 else ''}); results on them are not "
+               f"held out from pretraining. Recorded in summary.json.")
+        logging.getLogger(__name__).warning(msg)
+        print(f"[nnunetv2_petct] {msg}", file=sys.stderr)
+    return {"source": what, "n_protected": len(protected), "verified_excluded": not overlap,
+            "allow_test_overlap": bool(allow), "overlapping_test_cases": cases, "overlap": overlap}
+
+
 def build_pretraining_dataset(dataset_id: int, from_datasets: Sequence[int | str], raw_dir: str | os.PathLike | None = None,
                               *, name: str = "PETCTPretraining", exclude: Path | Iterable[str] | None = None,
                               crop: bool = True, body_margin_vox: int = 3, num_processes: int = 1,
-                              overwrite: bool = False, quiet: bool = False) -> PretrainingSummary:
+                              overwrite: bool = False, quiet: bool = False,
+                              protect_test_cases: Path | Iterable[str] | None = None,
+                              allow_test_overlap: bool = False) -> PretrainingSummary:
     """Build ``<raw_dir>/DatasetXXX_<name>`` from converted datasets (ids or folder names).
 
     Args:
         exclude: a text file (one case id per line: the source case id, the prefixed id, or a
             SPADE ``patient/scan``; ``#`` comments) or an iterable of ids.
         crop: crop cases that were not cropped at conversion (default True).
+        protect_test_cases: test cases that must not enter the set (a case list file, a
+            ``label_efficiency_design.json``, or an iterable of ids); see the module doc.
+        allow_test_overlap: write protected cases anyway (warned loudly, recorded in ``summary.json``).
 
     The output folder carries the package's marker; an existing folder without it is refused. A
     finished case is kept only when its source case and the options are unchanged; ``overwrite``
@@ -244,7 +302,8 @@ def build_pretraining_dataset(dataset_id: int, from_datasets: Sequence[int | str
     Raises:
         BadInputError: unknown source dataset, a source without manifest, the output being one of
             the sources, sources with different channel names (PET normalization), or an output folder
-            this package did not write.
+            this package did not write, an unreadable protected-case file, or
+            protected test cases that would enter the set (named, with the fix).
         WriteError: the output folder cannot be written (read-only, not a folder, disk full, no inodes).
     """
     t0 = time.perf_counter()
@@ -288,9 +347,10 @@ def build_pretraining_dataset(dataset_id: int, from_datasets: Sequence[int | str
     if len(set(norms.values())) > 1:
         raise BadInputError(f"source datasets disagree on normalization {norms}; reconvert with one "
                             f"nnUNetv2_petct_convert --normalization choice")
+    protection = _check_protected(tasks, protect_test_cases, allow_test_overlap)
     pet_norm = next(iter(norms.values()))
     marker = check_dataset_folder(out_dir, "pretraining", WRITER)
-    summary = PretrainingSummary(dataset_dir=out_dir, per_cohort=per_cohort)
+    summary = PretrainingSummary(dataset_dir=out_dir, per_cohort=per_cohort, protected_test_cases=protection)
 
     # plan: keep finished cases whose source case and options are unchanged
     done_before = set(finished_case_ids(out_dir)) if out_dir.is_dir() else set()

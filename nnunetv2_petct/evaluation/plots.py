@@ -16,8 +16,10 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-METHOD_ORDER = ("pretrained", "scratch", "probe")
-_METHOD_STYLE = {"pretrained": ("tab:red", "o"), "scratch": ("tab:blue", "s"), "probe": ("tab:green", "^")}
+METHOD_ORDER = ("pretrained", "scratch", "nnunet_default", "probe", "late_fusion_probe", "scratch_lr1e3")
+_METHOD_STYLE = {"pretrained": ("tab:red", "o"), "scratch": ("tab:blue", "s"), "probe": ("tab:green", "^"),
+                 "nnunet_default": ("tab:purple", "v"), "late_fusion_probe": ("tab:olive", "P"),
+                 "scratch_lr1e3": ("tab:cyan", "x")}
 
 
 def _save_figure(fig, out_png: str | os.PathLike) -> Path:
@@ -46,7 +48,7 @@ def dice_curves(table_rows: Iterable[Mapping]) -> dict[str, dict[str, np.ndarray
     Rows need ``fraction``, ``method`` and ``dice`` (``dice_std`` optional). Several rows of one
     (method, fraction), e.g. folds or seeds, are averaged and their standard deviation (ddof=0) is the
     error bar; a single row keeps its own ``dice_std`` (NaN if absent). Curves are sorted by fraction;
-    methods come in the order pretrained, scratch, probe, then the others alphabetically.
+    methods come in :data:`METHOD_ORDER`, then the others alphabetically.
 
     Raises:
         ValueError: a row lacks a required key, or there is no row.
@@ -78,12 +80,12 @@ def dice_curves(table_rows: Iterable[Mapping]) -> dict[str, dict[str, np.ndarray
     return curves
 
 
-def plot_dice_vs_fraction(table_rows: Iterable[Mapping], out_png: str | os.PathLike) -> Path:
+def plot_dice_vs_fraction(table_rows: Iterable[Mapping], out_png: str | os.PathLike, title: str | None = None) -> Path:
     """Line plot of Dice against the fraction of labelled training data, one curve per method.
 
     ``table_rows``: dicts with ``fraction`` (0-1), ``method`` (``pretrained``, ``scratch``, optional
     ``probe``, others allowed) and ``dice`` [, ``dice_std`` drawn as error bars]. See
-    :func:`dice_curves` for the grouping. Returns the written path.
+    :func:`dice_curves` for the grouping. ``title``: e.g. what the error bars are. Returns the written path.
     """
     curves = dice_curves(table_rows)
     fig, ax = _new_figure((5.5, 4.0), 120)
@@ -104,6 +106,8 @@ def plot_dice_vs_fraction(table_rows: Iterable[Mapping], out_png: str | os.PathL
     ax.set_ylabel("Dice")
     ax.grid(True, alpha=0.3)
     ax.legend()
+    if title:
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return _save_figure(fig, out_png)
 

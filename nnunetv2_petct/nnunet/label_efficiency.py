@@ -1,40 +1,69 @@
-"""Label-efficiency grid: fine-tuned vs scratch vs linear probe at several label fractions.
+"""Label-efficiency grid: pretrained vs from-scratch baselines vs linear probes, repeated over seeds.
 
-Drives the stock nnU-Net commands (``nnUNetv2_train``, ``nnUNetv2_predict``) in subprocesses and
-scores the held-out predictions with :func:`nnunetv2_petct.evaluation.evaluate_folders`.
+Drives the stock nnU-Net commands (``nnUNetv2_train``, ``nnUNetv2_predict``) in subprocesses, scores the
+held-out predictions with :func:`nnunetv2_petct.evaluation.evaluate_folders` and compares the methods
+with :mod:`nnunetv2_petct.evaluation.statistics`.
 
 Design
 ------
 * **Held-out test set**: either external images + labels (``test_images``/``test_labels``, e.g. an
   ``imagesTs``/``labelsTs`` pair), or case ids of the dataset itself (``test_cases``; those cases and
   every other case of their patients are removed from the pool), or, when neither is given, a seeded
-  patient-grouped ``test_fraction`` of the dataset. Test cases are never trained or validated on.
+  patient-grouped ``test_fraction`` of the dataset. Test cases are never trained or validated on, and
+  the same test cases score every method, fraction and seed (so comparisons are paired).
 * **Fixed validation set**: one seeded patient-grouped draw of ``val_fraction`` of the remaining cases
-  (at least one case), the *same* for every fraction and method, so checkpoints are chosen and
-  nnU-Net's final validation is computed on identical cases. Its patients never appear in training.
+  (at least one case), the *same* for every fraction, method and seed. Its patients never appear in
+  training.
 * **Training subsets**: from the rest (the *training pool*), patient-grouped (all of a patient's scans
   or none), drawn by :func:`nnunetv2_petct.transfer.splits.subset_cases` with one seed for all fractions, which
   makes the subsets nested (10 % inside 30 % inside 100 %) as far as whole patients allow. ``shots=K``
   adds a K-case subset of K different patients drawn among lesion-positive cases.
-* **One nnU-Net fold per subset**: every subset becomes an entry ``{"train": subset, "val": val}`` of
-  ``splits_final.json`` in the preprocessed dataset folder, so each run is the stock
-  ``nnUNetv2_train DATASET CONFIG FOLD`` (two subsets with identical cases, e.g. a K-shot draw that
-  equals a small fraction, share one fold and one training). Existing folds are kept and ours are appended (an identical
-  entry is reused, so re-running is idempotent); when there is no ``splits_final.json`` yet, folds 0-4 are
-  first filled with a patient-grouped 5-fold cross-validation of the non-test cases, so fold 0-4 keep
-  their usual meaning. The mapping subset -> fold is written to ``label_efficiency_design.json``.
-* **Methods** (``finetune.TRANSFER_TRAINERS``): ``pretrained`` = ``nnUNetTrainerPETCTFinetune``,
-  ``scratch`` = ``nnUNetTrainerPETCTScratch``, ``probe`` = ``nnUNetTrainerPETCTLinearProbe`` (plus
-  ``frozen_encoder``, ``probe_random_init``, ``nnunet_default`` on request); ``trainer_suffix``
-  (``_tiny``) picks the tiny variants.
-* **Outputs** (``out_dir``): ``label_efficiency.csv`` / ``.md`` (fraction x method: Dice, FPV, FNV,
-  number of test cases), ``label_efficiency_dice.png`` (Dice vs fraction), ``commands.sh``,
-  ``label_efficiency_design.json``, ``predictions/<method>/<subset>/``,
-  ``evaluation/<method>/<subset>/`` (per-case CSVs from the evaluation library), ``logs/``.
+* **Seeds** (``seeds=N``): replicate ``k`` (0..N-1) uses seed ``seed + 1000 k`` both for its subset draws
+  (N different draws of every fraction < 1 and of every K-shot subset; the 100 % subset is the whole pool
+  each time) and as the training seed of each of its runs (``NNUNETV2_PETCT_SEED``, read by our trainers
+  in ``initialize``, see :class:`nnunetv2_petct.nnunet.trainers.base.TrainingSeedMixin`, and recorded in
+  the fold's ``training_seed.json``). Replicate 0 is the single-seed design of earlier versions.
+* **One nnU-Net fold per (subset, replicate)**: every subset becomes an entry ``{"train": subset, "val":
+  val}`` of ``splits_final.json`` in the preprocessed dataset folder, so each run is the stock
+  ``nnUNetv2_train DATASET CONFIG FOLD`` (two subsets with identical cases *in one replicate*, e.g. a
+  K-shot draw that equals a small fraction, share one fold and one training; identical subsets of
+  different replicates, e.g. 100 %, get separate folds because their training seeds differ). Existing
+  folds are kept and ours are appended (identical entries are reused, so re-running is idempotent); when
+  there is no ``splits_final.json`` yet, folds 0-4 are first filled with a patient-grouped 5-fold
+  cross-validation of the non-test cases, so fold 0-4 keep their usual meaning. The mapping subset ->
+  fold is written to ``label_efficiency_design.json``.
+* **Methods** (``finetune.TRANSFER_TRAINERS``, recipes in ``finetune.METHOD_RECIPES``): default
+  ``pretrained`` (fine-tuning, lr 1e-3), ``scratch`` (lr 1e-2, same warm-up and length),
+  ``nnunet_default`` (stock nnU-Net), ``probe`` (linear probe of the joint model); on request
+  ``late_fusion_probe`` (separated-modality probe; needs ``pretrained_ct`` + ``pretrained_pet``, bundled
+  into ``late_fusion_checkpoint.pth``), ``scratch_lr1e3``, ``frozen_encoder``, ``probe_random_init``.
+  ``trainer_suffix`` (``_tiny``, ``_demo``) picks those variants.
+* **Leakage guard**: the test cases are compared with the cases the foundation checkpoint(s) were
+  pretrained on (``petct_metadata.pretraining_data``, :mod:`nnunetv2_petct.transfer.leakage`); an overlap
+  stops the runner unless ``allow_test_overlap`` (then it is recorded loudly); a checkpoint that does not
+  list its pretraining cases is used with a warning and recorded as unverified.
+* **Outputs** (``out_dir``): ``label_efficiency.csv`` (per test case: one row per case x method x subset
+  x seed), ``label_efficiency_runs.csv`` (per run: means over the test cases), ``label_efficiency_summary.csv``
+  (subset x method: mean, sd and n over seeds), ``label_efficiency_paired.csv`` (paired comparisons),
+  ``label_efficiency.md`` (the tables, each column's recipe, the leakage check),
+  ``label_efficiency_dice.png`` (Dice vs fraction, error bars = sd over seeds), ``commands.sh``,
+  ``label_efficiency_design.json``, ``predictions/<method>/<run>/``, ``evaluation/<method>/<run>/``
+  (per-case CSVs), ``logs/``; ``<run>`` is the subset name for replicate 0, ``<subset>_seed<k>`` for k >= 1.
+
+Statistics (:mod:`nnunetv2_petct.evaluation.statistics`): a cell is the mean ± sd (ddof 1) over the N
+seeds of each run's mean over the test cases (Dice and FNV over the cases with non-empty ground truth,
+autoPET rule), with n = number of seeds. Paired comparisons, method A vs B on the same test cases: the
+paired unit is a test case, each method's value of a case being its mean over that method's seeds; only
+cases where both are defined are paired (n reported); mean difference A - B with a seeded percentile
+bootstrap 95 % CI over test cases and a two-sided Wilcoxon signed-rank p. Compared: ``pretrained`` vs each
+from-scratch baseline in every subset; ``probe`` vs ``late_fusion_probe`` / ``probe_random_init`` in every
+subset; and (the paper's first claim) ``pretrained`` at each fraction < 1 vs each from-scratch baseline at
+fraction 1.
 
 A run whose ``checkpoint_final.pth`` exists is not trained again (resume after an interruption; delete
-the fold folder to retrain). ``dry_run`` writes the splits and ``commands.sh`` and prints the commands
-(for a cluster); ``skip_training`` then predicts and evaluates finished runs.
+the fold folder to retrain); its ``training_seed.json`` must match the design's seed. ``dry_run`` writes
+the splits and ``commands.sh`` and prints the commands (for a cluster); ``skip_training`` then predicts
+and evaluates finished runs.
 """
 
 from __future__ import annotations
@@ -43,6 +72,7 @@ import csv
 import io
 import json
 import logging
+import math
 import os
 import shlex
 import shutil
@@ -52,17 +82,35 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from nnunetv2_petct.io import fmt_number, write_text_atomic
+from nnunetv2_petct.io import fmt_number, write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_METHODS = ("pretrained", "scratch", "probe")
+DEFAULT_METHODS = ("pretrained", "scratch", "nnunet_default", "probe")
 DESIGN_FILE = "label_efficiency_design.json"
 TABLE_CSV = "label_efficiency.csv"
+RUNS_CSV = "label_efficiency_runs.csv"
+SUMMARY_CSV = "label_efficiency_summary.csv"
+PAIRED_CSV = "label_efficiency_paired.csv"
 TABLE_MD = "label_efficiency.md"
 PLOT_PNG = "label_efficiency_dice.png"
-TABLE_COLUMNS = ("subset", "fraction", "fraction_actual", "shots", "n_train_cases", "method", "trainer", "fold", "dice",
-                 "fpv_ml", "fnv_ml", "n_cases", "n_cases_dice")
+LATE_FUSION_FILE = "late_fusion_checkpoint.pth"
+METRICS = ("dice", "fpv_ml", "fnv_ml")
+METRIC_LABELS = {"dice": "Dice", "fpv_ml": "FPV (ml)", "fnv_ml": "FNV (ml)"}
+RUN_COLUMNS = ("subset", "replicate", "seed", "fraction", "fraction_actual", "shots", "n_train_cases", "method",
+               "trainer", "fold", "dice", "fpv_ml", "fnv_ml", "n_cases", "n_cases_dice")
+CASE_ROW_COLUMNS = ("subset", "replicate", "seed", "fraction", "fraction_actual", "shots", "n_train_cases", "method",
+                    "trainer", "fold", "case", "dice", "fpv_ml", "fnv_ml")
+SUMMARY_COLUMNS = ("subset", "fraction", "shots", "method", "trainer", "n_seeds", "n_train_cases",
+                   *(f"{m}_{s}" for m in METRICS for s in ("mean", "sd", "n")))
+PAIRED_COLUMNS = ("claim", "metric", "method_a", "subset_a", "method_b", "subset_b", "n_cases", "mean_a", "mean_b",
+                  "mean_diff", "ci_low", "ci_high", "confidence", "p_wilcoxon", "n_resamples")
+REPLICATE_SEED_STEP = 1000
+BASELINES_OF = {"pretrained": ("scratch", "nnunet_default", "scratch_lr1e3"),
+                "probe": ("late_fusion_probe", "probe_random_init")}
+"""Paired comparisons made inside every subset: method -> the methods it is compared against."""
+FROM_SCRATCH = ("scratch", "nnunet_default", "scratch_lr1e3")
+"""From-scratch baselines compared at fraction 1 with ``pretrained`` at smaller fractions (claim 1)."""
 
 
 class LabelEfficiencyError(RuntimeError):
@@ -76,7 +124,7 @@ class RunFailedError(LabelEfficiencyError):
 # ------------------------------------------------------------------------------------------ data model
 @dataclass
 class Subset:
-    """One training subset = one nnU-Net fold."""
+    """One training subset of one replicate = one nnU-Net fold."""
 
     name: str
     fold: int
@@ -84,6 +132,9 @@ class Subset:
     fraction: float  # share of the training pool actually used (cases; whole patients)
     requested_fraction: float | None = None
     shots: int | None = None
+    replicate: int = 0
+    seed: int = 12345  # subset draw seed = training seed of its runs
+    run_name: str = ""  # name for replicate 0, name_seed<k> otherwise
 
 
 @dataclass
@@ -100,6 +151,7 @@ class Design:
     test_source: str
     subsets: list[Subset] = field(default_factory=list)
     splits_file: str = ""
+    seeds: int = 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -107,7 +159,7 @@ class Design:
 
 @dataclass
 class Run:
-    """One (subset, method) training + prediction + evaluation."""
+    """One (subset, replicate, method) training + prediction + evaluation."""
 
     subset: Subset
     method: str
@@ -117,9 +169,20 @@ class Run:
     fold_dir: Path
     pred_dir: Path
     eval_dir: Path
+    train_env: dict = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------- helpers
+def replicate_seed(seed: int, replicate: int) -> int:
+    """Seed of replicate ``k``: ``seed + 1000 k`` (subset draws and training); replicate 0 = ``seed``."""
+    return int(seed) + REPLICATE_SEED_STEP * int(replicate)
+
+
+def run_name(subset_name: str, replicate: int) -> str:
+    """Folder name of a run: the subset name for replicate 0, ``<subset>_seed<k>`` otherwise."""
+    return subset_name if int(replicate) == 0 else f"{subset_name}_seed{int(replicate)}"
+
+
 def _fraction_name(f: float) -> str:
     return f"frac{float(f):g}"
 
@@ -210,18 +273,22 @@ def lesion_positive(cases: Sequence[str], dataset_dirs: Sequence[Path], labels_d
 # ------------------------------------------------------------------------------------------- design
 def design_subsets(case_to_patient: Mapping[str, str], test: Sequence[str], fractions: Sequence[float],
                    shots: Sequence[int] = (), val_fraction: float = 0.1, seed: int = 12345,
-                   shot_eligible: Sequence[str] | None = None) -> tuple[list[str], list[str], list[dict]]:
-    """Pool, fixed validation set and training subsets (see the module doc). Pure.
+                   shot_eligible: Sequence[str] | None = None,
+                   n_seeds: int = 1) -> tuple[list[str], list[str], list[dict]]:
+    """Pool, fixed validation set and training subsets of every replicate (see the module doc). Pure.
 
     Returns:
-        ``(pool, val, subsets)``; each subset ``{"name", "train", "fraction", "requested_fraction", "shots"}``;
-        ``pool`` = training pool (cases neither test nor validation nor sharing a patient with them).
+        ``(pool, val, subsets)``; each subset ``{"name", "train", "fraction", "requested_fraction", "shots",
+        "replicate", "seed", "run_name"}`` (replicate-major order); ``pool`` = training pool (cases neither
+        test nor validation nor sharing a patient with them).
 
     Raises:
-        LabelEfficiencyError: bad fractions/shots, or too few patients for a validation set and a pool.
+        LabelEfficiencyError: bad fractions/shots/seeds, or too few patients for a validation set and a pool.
     """
     from nnunetv2_petct.transfer.splits import SplitError, cases_by_patient, subset_cases
 
+    if int(n_seeds) < 1:
+        raise LabelEfficiencyError(f"seeds must be >= 1, got {n_seeds}")
     test_set = set(test)
     test_patients = {case_to_patient[c] for c in test if c in case_to_patient}
     usable = {c: p for c, p in case_to_patient.items() if c not in test_set and p not in test_patients}
@@ -239,23 +306,29 @@ def design_subsets(case_to_patient: Mapping[str, str], test: Sequence[str], frac
         raise LabelEfficiencyError("the validation set would take every patient; lower val_fraction")
     pool_map = {c: p for c, p in usable.items() if p not in val_patients}
     pool = sorted(pool_map)
-    subsets = []
     for f in fractions:
-        f = float(f)
-        if not 0 < f <= 1:
-            raise LabelEfficiencyError(f"fractions must be in (0, 1], got {f}")
-        train = pool if f >= 1 else subset_cases(pool_map, fraction=f, seed=seed)
-        subsets.append({"name": _fraction_name(f), "train": sorted(train), "fraction": len(train) / len(pool),
-                        "requested_fraction": f, "shots": None})
-    for k in shots:
-        elig = None if shot_eligible is None else [c for c in shot_eligible if c in pool_map]
-        try:
-            train = subset_cases(pool_map, shots=int(k), seed=seed, eligible=elig)
-        except SplitError as e:
-            raise LabelEfficiencyError(f"{k} shots: {e}") from e
-        subsets.append({"name": f"shots{int(k)}", "train": train, "fraction": len(train) / len(pool),
-                        "requested_fraction": None, "shots": int(k)})
-    names = [s["name"] for s in subsets]
+        if not 0 < float(f) <= 1:
+            raise LabelEfficiencyError(f"fractions must be in (0, 1], got {float(f)}")
+    subsets = []
+    for k in range(int(n_seeds)):
+        rs = replicate_seed(seed, k)
+        for f in fractions:
+            f = float(f)
+            train = pool if f >= 1 else subset_cases(pool_map, fraction=f, seed=rs)
+            subsets.append({"name": _fraction_name(f), "train": sorted(train), "fraction": len(train) / len(pool),
+                            "requested_fraction": f, "shots": None})
+        for n_shots in shots:
+            elig = None if shot_eligible is None else [c for c in shot_eligible if c in pool_map]
+            try:
+                train = subset_cases(pool_map, shots=int(n_shots), seed=rs, eligible=elig)
+            except SplitError as e:
+                raise LabelEfficiencyError(f"{n_shots} shots: {e}") from e
+            subsets.append({"name": f"shots{int(n_shots)}", "train": train, "fraction": len(train) / len(pool),
+                            "requested_fraction": None, "shots": int(n_shots)})
+        for s in subsets:
+            if "replicate" not in s:
+                s.update(replicate=k, seed=rs, run_name=run_name(s["name"], k))
+    names = [s["name"] for s in subsets if s["replicate"] == 0]
     if len(set(names)) != len(names):
         raise LabelEfficiencyError(f"duplicate subsets: {names}")
     if not subsets:
@@ -265,24 +338,38 @@ def design_subsets(case_to_patient: Mapping[str, str], test: Sequence[str], frac
 
 def assign_folds(existing: list[dict], entries: Sequence[dict], cv_cases: Mapping[str, str] | None,
                  seed: int = 12345) -> tuple[list[dict], list[int]]:
-    """Append ``entries`` (``{"train", "val"}``) to nnU-Net splits; reuse identical existing folds.
+    """Append ``entries`` (``{"train", "val"[, "group"]}``) to nnU-Net splits; reuse identical existing folds.
 
-    ``existing`` empty and ``cv_cases`` given: folds 0-4 become a patient-grouped 5-fold CV of
-    ``cv_cases`` first (when there are >= 5 patients). Returns ``(splits, fold index per entry)``.
+    Entries with identical cases share one fold when they have the same ``group`` (a replicate: same
+    training seed); identical entries of different groups get separate folds (nnU-Net allows duplicate
+    folds): the i-th group with given cases takes the i-th existing fold with those cases, else a new one,
+    so re-running with the same entries maps to the same folds. ``existing`` empty and ``cv_cases`` given:
+    folds 0-4 become a patient-grouped 5-fold CV of ``cv_cases`` first (when there are >= 5 patients).
+    Returns ``(splits, fold index per entry)``.
     """
     from nnunetv2_petct.transfer.splits import cases_by_patient, patient_grouped_kfold
 
     splits = [{"train": list(s["train"]), "val": list(s["val"])} for s in existing]
     if not splits and cv_cases and len(cases_by_patient(cv_cases)) >= 5:
         splits = patient_grouped_kfold(cv_cases, 5, seed)
+    occurrences: dict[tuple, list[int]] = {}
+    for i, s in enumerate(splits):
+        occurrences.setdefault((tuple(sorted(s["train"])), tuple(sorted(s["val"]))), []).append(i)
+    taken: dict[tuple, dict] = {}
     folds = []
     for e in entries:
-        key = (sorted(e["train"]), sorted(e["val"]))
-        idx = next((i for i, s in enumerate(splits) if (sorted(s["train"]), sorted(s["val"])) == key), None)
-        if idx is None:
-            splits.append({"train": sorted(e["train"]), "val": sorted(e["val"])})
-            idx = len(splits) - 1
-        folds.append(idx)
+        key = (tuple(sorted(e["train"])), tuple(sorted(e["val"])))
+        group = e.get("group", 0)
+        by_group = taken.setdefault(key, {})
+        if group not in by_group:
+            found = occurrences.setdefault(key, [])
+            if len(by_group) < len(found):
+                by_group[group] = found[len(by_group)]
+            else:
+                splits.append({"train": list(key[0]), "val": list(key[1])})
+                found.append(len(splits) - 1)
+                by_group[group] = len(splits) - 1
+        folds.append(by_group[group])
     return splits, folds
 
 
@@ -303,12 +390,13 @@ def _fold_dir(dataset_name: str, trainer: str, plans: str, configuration: str, f
     return Path(get_output_folder(dataset_name, trainer, plans, configuration, fold))
 
 
-def _run_logged(cmd: list[str], log_file: Path, what: str) -> None:
+def _run_logged(cmd: list[str], log_file: Path, what: str, extra_env: Mapping[str, str] | None = None) -> None:
     log_file.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **(extra_env or {})}
     with open(log_file, "w") as log:
-        log.write("$ " + shlex.join(cmd) + "\n")
+        log.write("$ " + "".join(f"{k}={v} " for k, v in (extra_env or {}).items()) + shlex.join(cmd) + "\n")
         log.flush()
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     if proc.returncode != 0:
         tail = log_file.read_text()[-3000:]
         raise RunFailedError(f"{what} failed (exit {proc.returncode}); log: {log_file}\n{tail}")
@@ -337,6 +425,54 @@ def _prepare_test_folders(test: Sequence[str], raw_dir: Path, out_dir: Path) -> 
     return img_dir, lab_dir
 
 
+def _check_trainers_exist(trainers: Sequence[str]) -> None:
+    """Every trainer name must be one of ours (e.g. no ``_demo`` variant of a method that has none)."""
+    from nnunetv2_petct.nnunet.registry import all_trainer_classes
+
+    known = all_trainer_classes()
+    missing = sorted({t for t in trainers if t not in known})
+    if missing:
+        raise LabelEfficiencyError(f"trainer(s) {missing} do not exist (is the --trainer-suffix variant defined for "
+                                   f"that method?)")
+
+
+def _check_leakage(checkpoints: Sequence[tuple[str, Path, Mapping]], test: Sequence[str],
+                   test_records: Mapping | None, allow_test_overlap: bool) -> dict:
+    """The leakage guard over every foundation checkpoint used; returns the design's ``leakage_check``."""
+    from nnunetv2_petct.transfer.leakage import OVERRIDE_FLAG, check_checkpoint_leakage
+
+    out = {"rule": "same case id, source case id or AutoPET study key (patient hash + study date); "
+                   "see nnunetv2_petct.transfer.leakage",
+           "allow_test_overlap": bool(allow_test_overlap), "checkpoints": []}
+    for what, path, ckpt in checkpoints:
+        rep = check_checkpoint_leakage(ckpt, test, test_records)
+        entry = {"checkpoint": what, "file": str(path), **rep.to_dict()}
+        if rep.verified:  # the test cases shown absent from this checkpoint's pretraining set
+            entry["verified_excluded_test_cases"] = sorted(set(test) - set(rep.overlapping_test_cases))
+        out["checkpoints"].append(entry)
+        if rep.overlap and not allow_test_overlap:
+            raise LabelEfficiencyError(
+                f"{len(rep.overlapping_test_cases)} of the {len(set(test))} test case(s) were in the pretraining set "
+                f"of {path} ({what}): {rep.describe()}. Exclude them from pretraining "
+                f"(nnUNetv2_petct_pretraining_dataset --exclude/--protect-test-cases) and pretrain again, choose "
+                f"other test cases, or pass {OVERRIDE_FLAG} to run anyway (recorded in the design and the table).")
+        if rep.overlap:
+            msg = (f"WARNING: {OVERRIDE_FLAG}: {len(rep.overlapping_test_cases)} test case(s) were in the pretraining "
+                   f"set of {path}: {rep.describe()}. Results on them are NOT held out from pretraining.")
+            logger.warning(msg)
+            print(f"[nnunetv2_petct] {msg}", file=sys.stderr)
+        elif not rep.verified:
+            logger.warning("could not verify that the test cases are absent from the pretraining set of %s: %s",
+                           path, rep.reason)
+    return out
+
+
+def _merged_checkpoint(ckpt: Mapping) -> bool:
+    meta = ckpt.get("petct_metadata") if isinstance(ckpt.get("petct_metadata"), Mapping) else {}
+    return any(isinstance(a, Mapping) and a.get("operation") == "merge_single_channel_checkpoints"
+               for a in meta.get("adaptations", []) or [])
+
+
 def label_efficiency(
     dataset: str,
     out_dir: str | os.PathLike,
@@ -353,6 +489,11 @@ def label_efficiency(
     test_fraction: float = 0.2,
     val_fraction: float = 0.1,
     seed: int = 12345,
+    seeds: int = 1,
+    pretrained_ct: str | os.PathLike | None = None,
+    pretrained_pet: str | os.PathLike | None = None,
+    allow_test_overlap: bool = False,
+    n_resamples: int = 10_000,
     device: str = "cuda",
     disable_tta: bool = False,
     npp: int | None = None,
@@ -361,37 +502,55 @@ def label_efficiency(
     skip_training: bool = False,
     quiet: bool = False,
 ) -> list[dict]:
-    """Run (or, with ``dry_run``, plan) the grid; returns the table rows (empty for a dry run).
+    """Run (or, with ``dry_run``, plan) the grid; returns the per-run rows (empty for a dry run).
 
-    See the module doc for the design. ``pretrained`` is checked against the target network before
-    anything runs (:func:`nnunetv2_petct.transfer.weights.check_compatibility`).
+    See the module doc for the design. The foundation checkpoint(s) are checked against the target
+    network and against the test set (leakage guard) before anything is written or run.
 
     Raises:
         LabelEfficiencyError: bad input (named), an incompatible checkpoint (with the tensor list and
-            the fix), or a failed run (with its log file).
+            the fix), test cases in the pretraining set (unless ``allow_test_overlap``), or a failed run
+            (:class:`RunFailedError`, with its log file).
     """
     from tqdm import tqdm
 
+    from nnunetv2_petct.nnunet.trainers.base import SEED_ENV, read_training_seed
     from nnunetv2_petct.nnunet.trainers.finetune import (
         NEEDS_PRETRAINED,
+        NEEDS_SEPARATED,
         TRANSFER_TRAINERS,
         network_from_plans,
     )
+    from nnunetv2_petct.transfer.leakage import read_manifest_records
     from nnunetv2_petct.transfer.splits import write_splits
-    from nnunetv2_petct.transfer.weights import IncompatibleCheckpointError, check_compatibility
+    from nnunetv2_petct.transfer.weights import (
+        IncompatibleCheckpointError,
+        check_compatibility,
+        load_checkpoint,
+    )
 
+    methods = list(dict.fromkeys(methods))
     unknown = [m for m in methods if m not in TRANSFER_TRAINERS]
     if unknown:
         raise LabelEfficiencyError(f"unknown method(s) {unknown}; choose from {sorted(TRANSFER_TRAINERS)}")
     if not methods:
         raise LabelEfficiencyError("no method given")
+    if int(seeds) < 1:
+        raise LabelEfficiencyError(f"--seeds must be >= 1, got {seeds}")
     need_weights = [m for m in methods if m in NEEDS_PRETRAINED]
     if need_weights and pretrained is None:
         raise LabelEfficiencyError(f"method(s) {need_weights} need --pretrained foundation_final.pth")
-    if pretrained is not None:
-        pretrained = Path(pretrained).resolve()
-        if not pretrained.is_file():
-            raise LabelEfficiencyError(f"pretrained checkpoint not found: {pretrained}")
+    need_pair = [m for m in methods if m in NEEDS_SEPARATED]
+    if need_pair and (pretrained_ct is None or pretrained_pet is None):
+        raise LabelEfficiencyError(f"method(s) {need_pair} need --pretrained-ct and --pretrained-pet (the CT-only and "
+                                   f"PET-only foundation checkpoints)")
+    paths = {}
+    for what, p in (("pretrained", pretrained), ("pretrained CT", pretrained_ct), ("pretrained PET", pretrained_pet)):
+        if p is not None:
+            paths[what] = Path(p).resolve()
+            if not paths[what].is_file():
+                raise LabelEfficiencyError(f"{what} checkpoint not found: {paths[what]}")
+    pretrained = paths.get("pretrained")
     if (test_images is None) != (test_labels is None):
         raise LabelEfficiencyError("give both test_images and test_labels, or neither")
     if test_images is not None and test_cases is not None:
@@ -408,6 +567,8 @@ def label_efficiency(
     cases = preprocessed_cases(pre_dir, plans_dict, configuration)
     dirs = [d for d in (raw_dir, pre_dir) if d is not None and d.is_dir()]
     c2p, patient_source = case_patients(cases, dirs)
+    trainers = {m: TRANSFER_TRAINERS[m] + trainer_suffix for m in methods}
+    _check_trainers_exist(list(trainers.values()))
 
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -425,6 +586,7 @@ def label_efficiency(
         if overlap:
             raise LabelEfficiencyError(f"external test case(s) also in the training dataset: {overlap[:5]}")
         test_source = f"external: {test_images}"
+        test_records = read_manifest_records(test_labels.parent)
     else:
         if test_cases is None:
             from nnunetv2_petct.transfer.splits import subset_cases
@@ -439,6 +601,7 @@ def label_efficiency(
             test_source = "case list"
         if raw_dir is None or not (raw_dir / "imagesTr").is_dir():
             raise LabelEfficiencyError("in-dataset test cases need the raw dataset ($nnUNet_raw/<dataset>/imagesTr)")
+        test_records = next((r for r in map(read_manifest_records, dirs) if r is not None), None)
         test_images, test_labels = _prepare_test_folders(test, raw_dir, out)
 
     # shots draw among lesion-positive cases
@@ -447,40 +610,81 @@ def label_efficiency(
         labels_dir = raw_dir / "labelsTr" if raw_dir is not None else None
         eligible = lesion_positive([c for c in cases if c not in set(test)], dirs, labels_dir)
 
-    pool, val, subsets = design_subsets(c2p, test, fractions, shots, val_fraction, seed, eligible)
-    splits_file = pre_dir / "splits_final.json"
-    existing = json.loads(splits_file.read_text()) if splits_file.is_file() else []
-    cv_cases = {c: p for c, p in c2p.items() if c not in set(test)}
-    splits, folds = assign_folds(existing, [{"train": s["train"], "val": val} for s in subsets], cv_cases, seed)
-    if splits != existing:
-        write_splits(splits, splits_file)
-    design = Design(dataset_name, configuration, plans, seed, pool, val, list(test), test_source,
-                    [Subset(s["name"], f, s["train"], s["fraction"], s["requested_fraction"], s["shots"])
-                     for s, f in zip(subsets, folds)], str(splits_file))
-    d = design.to_dict()
-    d["patients_from"] = patient_source
-    write_text_atomic(json.dumps(d, indent=2) + "\n", out / DESIGN_FILE)
+    pool, val, subsets = design_subsets(c2p, test, fractions, shots, val_fraction, seed, eligible, int(seeds))
 
-    # compatibility of the foundation checkpoint with this dataset's network, before any run
-    if pretrained is not None and any(m in NEEDS_PRETRAINED for m in methods):
+    # checkpoints: compatibility with this dataset's network and the leakage guard, before anything is written
+    checked = []
+    if pretrained is not None and need_weights:
+        ckpt = load_checkpoint(pretrained)
+        if _merged_checkpoint(ckpt) and any(m != "pretrained" for m in need_weights):
+            raise LabelEfficiencyError(
+                f"{pretrained} merges two single-modality checkpoints (nnUNetv2_petct_adapt_checkpoint --ct/--pet): "
+                f"it only initialises fine-tuning (method 'pretrained'); a merged network computes neither model's "
+                f"features, so do not probe it — use method late_fusion_probe with --pretrained-ct/--pretrained-pet")
         net = network_from_plans(plans_dict, configuration, dataset_json=dataset_json)
         try:
-            rep = check_compatibility(pretrained, net)
+            rep = check_compatibility(ckpt, net)
         except IncompatibleCheckpointError as e:
             raise LabelEfficiencyError(str(e)) from e
         if not rep.ok:
             raise LabelEfficiencyError(f"{pretrained} does not fit {dataset_name} ({plans}, {configuration}):\n"
                                        + rep.message())
+        checked.append(("joint CT+PET foundation (--pretrained)", pretrained, ckpt))
+    late_fusion_file = None
+    if need_pair:
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        from nnunetv2_petct.nnunet.trainers.late_fusion import build_late_fusion_network
+        from nnunetv2_petct.transfer.late_fusion import LateFusionError, write_late_fusion_checkpoint
+
+        late_fusion_file = out / LATE_FUSION_FILE
+        try:
+            bundle = write_late_fusion_checkpoint(paths["pretrained CT"], paths["pretrained PET"], late_fusion_file)
+        except (IncompatibleCheckpointError, LateFusionError) as e:
+            raise LabelEfficiencyError(f"late-fusion checkpoint: {e}") from e
+        pm = PlansManager(plans_dict)
+        net = build_late_fusion_network(pm, pm.get_configuration(configuration), len(dataset_json["channel_names"]),
+                                        pm.get_label_manager(dataset_json).num_segmentation_heads)
+        rep = check_compatibility(bundle, net)
+        if not rep.ok:
+            raise LabelEfficiencyError(f"the CT-only/PET-only checkpoints do not fit {dataset_name} ({plans}, "
+                                       f"{configuration}):\n" + rep.message())
+        checked.append(("separated CT-only + PET-only foundations (--pretrained-ct/--pretrained-pet)", late_fusion_file,
+                        bundle))
+    leakage = _check_leakage(checked, test, test_records, allow_test_overlap)
+
+    splits_file = pre_dir / "splits_final.json"
+    existing = json.loads(splits_file.read_text()) if splits_file.is_file() else []
+    cv_cases = {c: p for c, p in c2p.items() if c not in set(test)}
+    splits, folds = assign_folds(existing, [{"train": s["train"], "val": val, "group": s["replicate"]}
+                                            for s in subsets], cv_cases, seed)
+    if splits != existing:
+        write_splits(splits, splits_file)
+    design = Design(dataset_name, configuration, plans, seed, pool, val, list(test), test_source,
+                    [Subset(s["name"], f, s["train"], s["fraction"], s["requested_fraction"], s["shots"],
+                            s["replicate"], s["seed"], s["run_name"]) for s, f in zip(subsets, folds)],
+                    str(splits_file), int(seeds))
+    d = design.to_dict()
+    d["patients_from"] = patient_source
+    d["replicates"] = [{"replicate": k, "seed": replicate_seed(seed, k),
+                        "used_for": "subset draws (fractions < 1, K-shot) and training seed (NNUNETV2_PETCT_SEED)"}
+                       for k in range(int(seeds))]
+    d["methods"] = {m: {"trainer": trainers[m], "recipe": _recipe(m)} for m in methods}
+    d["leakage_check"] = leakage
+    d["late_fusion_checkpoint"] = str(late_fusion_file) if late_fusion_file else None
+    write_json_atomic(d, out / DESIGN_FILE)
 
     runs: list[Run] = []
     for s in design.subsets:
         for m in methods:
-            trainer = TRANSFER_TRAINERS[m] + trainer_suffix
+            trainer = trainers[m]
             train_cmd = ["nnUNetv2_train", dataset_name, configuration, str(s.fold), "-tr", trainer, "-p", plans,
                          "-device", device]
             if m in NEEDS_PRETRAINED:
                 train_cmd += ["-pretrained_weights", str(pretrained)]
-            pred_dir = out / "predictions" / m / s.name
+            if m in NEEDS_SEPARATED:
+                train_cmd += ["-pretrained_weights", str(late_fusion_file)]
+            pred_dir = out / "predictions" / m / s.run_name
             predict_cmd = ["nnUNetv2_predict", "-i", str(test_images), "-o", str(pred_dir), "-d", dataset_name,
                            "-p", plans, "-c", configuration, "-f", str(s.fold), "-tr", trainer,
                            "-chk", "checkpoint_final.pth", "-device", device]
@@ -492,12 +696,15 @@ def label_efficiency(
                 predict_cmd += ["-nps", str(nps)]
             runs.append(Run(s, m, trainer, train_cmd, predict_cmd,
                             _fold_dir(dataset_name, trainer, plans, configuration, s.fold), pred_dir,
-                            out / "evaluation" / m / s.name))
+                            out / "evaluation" / m / s.run_name, {SEED_ENV: str(s.seed)}))
+
+    def train_line(r: Run) -> str:
+        return " ".join(f"{k}={shlex.quote(v)}" for k, v in r.train_env.items()) + " " + shlex.join(r.train_cmd)
 
     script = ["#!/usr/bin/env bash", "# label-efficiency grid; generated by nnUNetv2_petct_label_efficiency",
               f"# dataset {dataset_name}; splits: {splits_file}; design: {out / DESIGN_FILE}", "set -euo pipefail",
-              "# 1) training (independent runs: distribute them over a cluster)"]
-    script += list(dict.fromkeys(shlex.join(r.train_cmd) for r in runs))  # identical subsets share a fold
+              f"# 1) training (independent runs: distribute them over a cluster); {SEED_ENV} = the run's seed"]
+    script += list(dict.fromkeys(train_line(r) for r in runs))  # identical subsets of a replicate share a fold
     script += ["# 2) prediction of the held-out test set (after training)"]
     script += [shlex.join(r.predict_cmd) for r in runs]
     script += ["# 3) evaluation and table:",
@@ -507,99 +714,290 @@ def label_efficiency(
         print("\n".join(script[4:]))
         return []
 
-    rows = []
+    run_rows, case_rows = [], []
     bar = tqdm(runs, desc="label efficiency", unit="run", disable=quiet)
     for r in bar:
-        bar.set_postfix_str(f"{r.method} {r.subset.name}")
+        bar.set_postfix_str(f"{r.method} {r.subset.run_name}")
         ckpt = r.fold_dir / "checkpoint_final.pth"
         if ckpt.is_file():
+            rec = read_training_seed(r.fold_dir)
+            if rec is None:
+                logger.warning("%s: no training_seed.json (trained outside this runner?): its seed is unknown", r.fold_dir)
+            elif rec.get("seed") != r.subset.seed:
+                raise LabelEfficiencyError(
+                    f"{r.fold_dir} was trained with seed {rec.get('seed')}, this design expects {r.subset.seed} "
+                    f"(replicate {r.subset.replicate}); delete that fold folder to retrain, or use the same --seed")
             logger.info("%s fold %d: checkpoint_final.pth exists, not training again", r.trainer, r.subset.fold)
         elif skip_training:
             raise LabelEfficiencyError(f"--skip-training but {ckpt} does not exist (run the training first)")
         else:
-            _run_logged([_script(r.train_cmd[0]), *r.train_cmd[1:]], out / "logs" / f"{r.method}_{r.subset.name}_train.log",
-                        f"training {r.trainer} fold {r.subset.fold} ({r.subset.name})")
+            _run_logged([_script(r.train_cmd[0]), *r.train_cmd[1:]],
+                        out / "logs" / f"{r.method}_{r.subset.run_name}_train.log",
+                        f"training {r.trainer} fold {r.subset.fold} ({r.subset.run_name})", r.train_env)
         if r.pred_dir.exists():
             shutil.rmtree(r.pred_dir)
         _run_logged([_script(r.predict_cmd[0]), *r.predict_cmd[1:]],
-                    out / "logs" / f"{r.method}_{r.subset.name}_predict.log",
-                    f"prediction {r.trainer} fold {r.subset.fold} ({r.subset.name})")
-        rows.append(_evaluate(r, Path(test_labels), Path(test_images), dataset_json))
+                    out / "logs" / f"{r.method}_{r.subset.run_name}_predict.log",
+                    f"prediction {r.trainer} fold {r.subset.fold} ({r.subset.run_name})")
+        run_row, per_case = _evaluate(r, Path(test_labels), Path(test_images), dataset_json)
+        run_rows.append(run_row)
+        case_rows.extend(per_case)
     bar.close()
-    write_table(rows, out, design)
-    return rows
+    write_table(run_rows, case_rows, out, d, n_resamples=n_resamples)
+    return run_rows
 
 
-def _evaluate(r: Run, test_labels: Path, test_images: Path, dataset_json: dict) -> dict:
+def _recipe(method: str) -> str:
+    from nnunetv2_petct.nnunet.trainers.finetune import METHOD_RECIPES
+
+    return METHOD_RECIPES.get(method, "")
+
+
+def _num(v) -> float:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return math.nan
+    return x
+
+
+def _evaluate(r: Run, test_labels: Path, test_images: Path, dataset_json: dict) -> tuple[dict, list[dict]]:
     from nnunetv2_petct.conversion.channels import channel_kind
     from nnunetv2_petct.evaluation import evaluate_folders
+    from nnunetv2_petct.evaluation.folders import PER_CASE_CSV
 
     names = dataset_json.get("channel_names", {})
     pet_dir = test_images if len(names) > 1 and channel_kind(str(names.get("1", ""))) == "PET" else None
     summary = evaluate_folders(test_labels, r.pred_dir, r.eval_dir, pet_dir=pet_dir, quiet=True)
     mean = summary["mean"]
-    return {
-        "subset": r.subset.name,
-        "fraction": r.subset.requested_fraction if r.subset.requested_fraction is not None else r.subset.fraction,
-        "fraction_actual": r.subset.fraction,
-        "shots": r.subset.shots,
-        "n_train_cases": len(r.subset.train),
+    s = r.subset
+    base = {
+        "subset": s.name,
+        "replicate": s.replicate,
+        "seed": s.seed,
+        "fraction": s.requested_fraction if s.requested_fraction is not None else s.fraction,
+        "fraction_actual": s.fraction,
+        "shots": s.shots,
+        "n_train_cases": len(s.train),
         "method": r.method,
         "trainer": r.trainer,
-        "fold": r.subset.fold,
-        "dice": mean.get("dice"),
-        "fpv_ml": mean.get("fpv_ml"),
-        "fnv_ml": mean.get("fnv_ml"),
-        "n_cases": summary["n_cases"],
-        "n_cases_dice": summary["n_used"].get("dice"),
+        "fold": s.fold,
     }
+    run_row = {**base, "dice": mean.get("dice"), "fpv_ml": mean.get("fpv_ml"), "fnv_ml": mean.get("fnv_ml"),
+               "n_cases": summary["n_cases"], "n_cases_dice": summary["n_used"].get("dice")}
+    with open(r.eval_dir / PER_CASE_CSV, newline="") as f:
+        per_case = [{**base, "case": row["case"], **{m: _num(row[m]) for m in METRICS}} for row in csv.DictReader(f)]
+    return run_row, per_case
+
+
+# ------------------------------------------------------------------------------------- statistics
+def summarize_runs(run_rows: Sequence[Mapping]) -> list[dict]:
+    """Subset x method: mean, sd (ddof 1) and n over the seeds of each run's mean over the test cases."""
+    from nnunetv2_petct.evaluation.statistics import mean_sd
+
+    groups: dict[tuple, list[Mapping]] = {}
+    for r in run_rows:
+        groups.setdefault((r["subset"], r["method"]), []).append(r)
+    out = []
+    for (subset, method), rows in groups.items():
+        first = rows[0]
+        n_train = sorted({int(r["n_train_cases"]) for r in rows})
+        row = {"subset": subset, "fraction": first["fraction"], "shots": first["shots"], "method": method,
+               "trainer": first["trainer"], "n_seeds": len(rows),
+               "n_train_cases": str(n_train[0]) if len(n_train) == 1 else f"{n_train[0]}-{n_train[-1]}"}
+        for m in METRICS:
+            st = mean_sd(r.get(m) for r in rows)
+            row.update({f"{m}_mean": st["mean"], f"{m}_sd": st["sd"], f"{m}_n": st["n"]})
+        out.append(row)
+    return out
+
+
+def comparison_pairs(subset_rows: Sequence[Mapping], methods: Sequence[str]) -> list[dict]:
+    """Which paired comparisons to make (module doc): ``{"claim", "method_a", "subset_a", "method_b", "subset_b"}``.
+
+    ``subset_rows``: ``{"subset", "fraction", "shots"}`` per subset (fraction = requested fraction)."""
+    subsets = list(dict.fromkeys(r["subset"] for r in subset_rows))
+    info = {r["subset"]: r for r in subset_rows}
+    pairs = []
+    for s in subsets:
+        for a, baselines in BASELINES_OF.items():
+            if a not in methods:
+                continue
+            for b in baselines:
+                if b in methods:
+                    claim = "claim 2" if (a, b) == ("probe", "late_fusion_probe") else ""
+                    pairs.append({"claim": claim, "method_a": a, "subset_a": s, "method_b": b, "subset_b": s})
+    full = [s for s in subsets if info[s].get("shots") in (None, "") and _num(info[s]["fraction"]) >= 1.0]
+    if "pretrained" in methods and full:
+        for s in subsets:
+            if info[s].get("shots") in (None, "") and _num(info[s]["fraction"]) < 1.0:
+                for b in FROM_SCRATCH:
+                    if b in methods:
+                        pairs.append({"claim": "claim 1", "method_a": "pretrained", "subset_a": s, "method_b": b,
+                                      "subset_b": full[0]})
+    return pairs
+
+
+def paired_comparisons(case_rows: Sequence[Mapping], pairs: Sequence[Mapping], n_resamples: int = 10_000,
+                       seed: int = 0, metrics: Sequence[str] = METRICS) -> list[dict]:
+    """Each pair x metric: :func:`nnunetv2_petct.evaluation.statistics.paired_comparison` on the per-case
+    values averaged over seeds (:func:`~nnunetv2_petct.evaluation.statistics.per_case_seed_means`)."""
+    from nnunetv2_petct.evaluation.statistics import paired_comparison, per_case_seed_means
+
+    values: dict[tuple, dict] = {}
+    for r in case_rows:
+        for m in metrics:
+            values.setdefault((r["method"], r["subset"], m), {}).setdefault(r["replicate"], {})[r["case"]] = r[m]
+    out = []
+    for p in pairs:
+        for m in metrics:
+            a = per_case_seed_means(values.get((p["method_a"], p["subset_a"], m), {}))
+            b = per_case_seed_means(values.get((p["method_b"], p["subset_b"], m), {}))
+            res = paired_comparison(a, b, n_resamples=n_resamples, seed=seed)
+            out.append({**p, "metric": m, "n_cases": res["n"], **{k: res[k] for k in (
+                "mean_a", "mean_b", "mean_diff", "ci_low", "ci_high", "confidence", "p_wilcoxon", "n_resamples")}})
+    return out
 
 
 # -------------------------------------------------------------------------------------------- table
-def table_markdown(rows: Sequence[Mapping], design: Design | None = None) -> str:
-    """Markdown: one line per subset, one column per method with ``Dice / FPV / FNV`` (ml)."""
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    subsets = list(dict.fromkeys(r["subset"] for r in rows))
-    by = {(r["subset"], r["method"]): r for r in rows}
+def _cell(row: Mapping | None, metric: str, digits: int) -> str:
+    from nnunetv2_petct.evaluation.statistics import fmt_mean_sd
+
+    if row is None:
+        return "-"
+    text = fmt_mean_sd({"mean": row[f"{metric}_mean"], "sd": row[f"{metric}_sd"]}, digits)
+    return f"{text} (n={row[f'{metric}_n']})" if text != "-" else "-"
+
+
+def _signed(v) -> str:
+    v = _num(v)
+    return f"{v:+.3f}" if math.isfinite(v) else "-"
+
+
+def _p(v) -> str:
+    v = _num(v)
+    if not math.isfinite(v):
+        return "-"
+    return f"{v:.2g}" if v < 0.001 else f"{v:.3f}"
+
+
+def table_markdown(summary_rows: Sequence[Mapping], paired_rows: Sequence[Mapping], design: Mapping | None = None,
+                   run_rows: Sequence[Mapping] = ()) -> str:
+    """The Markdown report: one table per metric (subset x method, mean ± sd over seeds, n), the paired
+    comparisons, each column's recipe and the leakage check."""
+    methods = list(dict.fromkeys(r["method"] for r in summary_rows))
+    subsets = list(dict.fromkeys(r["subset"] for r in summary_rows))
+    by = {(r["subset"], r["method"]): r for r in summary_rows}
     lines = ["# Label efficiency", ""]
     if design is not None:
-        lines += [f"Dataset {design.dataset_name} ({design.plans}, {design.configuration}); training pool "
-                  f"{len(design.pool)} cases, fixed validation set {len(design.val)}, held-out test set "
-                  f"{len(design.test)} ({design.test_source}); seed {design.seed}.", ""]
-    n_cases = sorted({r["n_cases"] for r in rows})
-    lines += ["Cells: Dice / FPV (ml) / FNV (ml), means over the test cases (Dice and FNV leave cases with empty "
-              f"ground truth out, autoPET rule); test cases per run: {', '.join(map(str, n_cases))}.", ""]
-    lines.append("| subset | fraction (actual) | train cases | " + " | ".join(methods) + " |")
-    lines.append("|---|---|---|" + "---|" * len(methods))
-    for s in subsets:
-        first = next(r for r in rows if r["subset"] == s)
-        cells = []
-        for m in methods:
-            r = by.get((s, m))
-            cells.append("-" if r is None else f"{fmt_number(r['dice'])} / {fmt_number(r['fpv_ml'], 2)} / {fmt_number(r['fnv_ml'], 2)}")
-        lines.append(f"| {s} | {first['fraction']:.3g} ({first['fraction_actual']:.3g}) | {first['n_train_cases']} | "
-                     + " | ".join(cells) + " |")
+        seeds = design.get("seeds", 1)
+        reps = ", ".join(str(r["seed"]) for r in design.get("replicates", [])) or str(design.get("seed"))
+        lines += [f"Dataset {design['dataset_name']} ({design['plans']}, {design['configuration']}); training pool "
+                  f"{len(design['pool'])} cases, fixed validation set {len(design['val'])}, held-out test set "
+                  f"{len(design['test'])} ({design['test_source']}); {seeds} seed(s): {reps} (subset draws and "
+                  f"training seeds).", ""]
+    if run_rows:
+        n_cases = sorted({int(r["n_cases"]) for r in run_rows})
+        n_dice = sorted({int(r["n_cases_dice"]) for r in run_rows if r.get("n_cases_dice") is not None})
+        lines += [f"Each run's value is its mean over the test cases ({', '.join(map(str, n_cases))} cases; Dice and FNV "
+                  f"over the {', '.join(map(str, n_dice))} with non-empty ground truth, autoPET rule). Cells: mean ± sd "
+                  "over seeds (sd with ddof 1; none for one seed), n = number of seeds.", ""]
+    for metric in METRICS:
+        digits = 3 if metric == "dice" else 2
+        lines += [f"## {METRIC_LABELS[metric]}", ""]
+        lines.append("| subset | fraction | train cases | " + " | ".join(methods) + " |")
+        lines.append("|---|---|---|" + "---|" * len(methods))
+        for s in subsets:
+            first = next(r for r in summary_rows if r["subset"] == s)
+            frac = "-" if first["shots"] not in (None, "") else f"{_num(first['fraction']):.3g}"
+            lines.append(f"| {s} | {frac} | {first['n_train_cases']} | "
+                         + " | ".join(_cell(by.get((s, m)), metric, digits) for m in methods) + " |")
+        lines.append("")
+    dice_pairs = [r for r in paired_rows if r["metric"] == "dice"]
+    lines += ["## Paired comparisons (Dice)", ""]
+    if dice_pairs:
+        conf = _num(dice_pairs[0]["confidence"])
+        lines += [
+            "Paired unit: one test case; each method's Dice of a case is first averaged over that method's seeds; "
+            "only cases where both methods have a Dice are paired (n). Difference = A - B; "
+            f"{conf * 100:g} % CI: percentile bootstrap over test cases ({int(dice_pairs[0]['n_resamples'])} resamples, "
+            "seeded); p: two-sided Wilcoxon signed-rank (zero differences dropped; p = 1 when all are zero; with n "
+            "cases the smallest possible p is 2/2^n). Claim 1 (paper): pretrained with few labels ≈ from scratch with "
+            "all labels — read the CI against your equivalence margin. Claim 2: joint probe > separated-modality "
+            "(late-fusion) probe. FPV and FNV comparisons: label_efficiency_paired.csv.", "",
+            "| claim | A | B | n cases | mean A | mean B | A - B | 95 % CI | Wilcoxon p |",
+            "|---|---|---|---|---|---|---|---|---|"]
+        for r in dice_pairs:
+            lines.append(
+                f"| {r['claim'] or '-'} | {r['method_a']} @ {r['subset_a']} | {r['method_b']} @ {r['subset_b']} | "
+                f"{r['n_cases']} | {fmt_number(r['mean_a'])} | {fmt_number(r['mean_b'])} | "
+                f"{_signed(r['mean_diff'])} | "
+                f"[{fmt_number(r['ci_low'])}, {fmt_number(r['ci_high'])}] | {_p(r['p_wilcoxon'])} |")
+    else:
+        lines.append("No pair of methods to compare (run pretrained with a baseline, or probe with late_fusion_probe).")
+    lines.append("")
+    if design is not None and design.get("methods"):
+        lines += ["## Columns", "", "| method | trainer | recipe |", "|---|---|---|"]
+        lines += [f"| {m} | `{v['trainer']}` | {v['recipe']} |" for m, v in design["methods"].items()]
+        lines.append("")
+    if design is not None and "leakage_check" in design:
+        lines += ["## Leakage check (test cases vs pretraining cases)", ""]
+        lc = design["leakage_check"]
+        if not lc["checkpoints"]:
+            lines.append("No foundation checkpoint used: nothing to check.")
+        for c in lc["checkpoints"]:
+            if c["verified"] and not c["overlap"]:
+                lines.append(f"- {c['checkpoint']} (`{c['file']}`): all {c['n_test_cases']} test cases verified "
+                             f"absent from its {c['n_pretraining_cases']} pretraining cases "
+                             f"({', '.join(c['pretraining_datasets'])}).")
+            elif c["verified"]:
+                lines.append(f"- **{c['checkpoint']} (`{c['file']}`): {len(c['overlapping_test_cases'])} test case(s) "
+                             f"WERE in its pretraining set ({', '.join(c['overlapping_test_cases'][:10])}); run with "
+                             f"--allow-test-overlap: results on them are not held out from pretraining.**")
+            else:
+                lines.append(f"- {c['checkpoint']} (`{c['file']}`): NOT verified — {c['reason']}.")
+        lines += ["", f"Matching rule: {lc['rule']}.", ""]
     return "\n".join(lines) + "\n"
 
 
-def write_table(rows: Sequence[Mapping], out_dir: str | os.PathLike, design: Design | None = None) -> dict[str, Path]:
-    """Write ``label_efficiency.csv``, ``.md`` and the Dice-vs-fraction plot; returns their paths."""
+def _csv_text(rows: Sequence[Mapping], columns: Sequence[str]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    for r in rows:
+        w.writerow(["" if r.get(c) is None else r.get(c) for c in columns])
+    return buf.getvalue()
+
+
+def write_table(run_rows: Sequence[Mapping], case_rows: Sequence[Mapping], out_dir: str | os.PathLike,
+                design: Mapping | None = None, n_resamples: int = 10_000) -> dict[str, Path]:
+    """Write the CSVs, ``label_efficiency.md`` and the Dice-vs-fraction plot (error bars: sd over seeds);
+    returns their paths."""
     from nnunetv2_petct.evaluation import plot_dice_vs_fraction
 
     out = Path(out_dir)
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(TABLE_COLUMNS)
-    for r in rows:
-        w.writerow(["" if r.get(c) is None else r.get(c) for c in TABLE_COLUMNS])
-    paths = {"csv": out / TABLE_CSV, "md": out / TABLE_MD}
-    write_text_atomic(buf.getvalue(), paths["csv"])
-    write_text_atomic(table_markdown(rows, design), paths["md"])
+    summary = summarize_runs(run_rows)
+    subset_rows = [{"subset": r["subset"], "fraction": r["fraction"], "shots": r["shots"]} for r in summary]
+    pairs = comparison_pairs(subset_rows, list(dict.fromkeys(r["method"] for r in summary)))
+    paired = paired_comparisons(case_rows, pairs, n_resamples=n_resamples,
+                                seed=int(design.get("seed", 0)) if design else 0)
+    paths = {"csv": out / TABLE_CSV, "runs": out / RUNS_CSV, "summary": out / SUMMARY_CSV, "paired": out / PAIRED_CSV,
+             "md": out / TABLE_MD}
+    write_text_atomic(_csv_text(case_rows, CASE_ROW_COLUMNS), paths["csv"])
+    write_text_atomic(_csv_text(run_rows, RUN_COLUMNS), paths["runs"])
+    write_text_atomic(_csv_text(summary, SUMMARY_COLUMNS), paths["summary"])
+    write_text_atomic(_csv_text(paired, PAIRED_COLUMNS), paths["paired"])
+    write_text_atomic(table_markdown(summary, paired, design, run_rows), paths["md"])
     # shots subsets stay in the table only: their effective fraction could coincide with a fraction subset
-    plottable = [{"fraction": r["fraction"], "method": r["method"], "dice": r["dice"]} for r in rows
-                 if r.get("dice") is not None and r.get("shots") in (None, "")]
+    plottable = [{"fraction": r["fraction"], "method": r["method"], "dice": r["dice_mean"], "dice_std": r["dice_sd"]}
+                 for r in summary if math.isfinite(_num(r["dice_mean"])) and r.get("shots") in (None, "")]
     if plottable:
-        paths["png"] = plot_dice_vs_fraction(plottable, out / PLOT_PNG)
+        n_seeds = max(int(r["n_seeds"]) for r in summary)
+        paths["png"] = plot_dice_vs_fraction(
+            plottable, out / PLOT_PNG,
+            title=f"mean over {n_seeds} seeds; error bars: sd over seeds" if n_seeds > 1 else "one seed (no error bars)")
+    elif all(r.get("shots") not in (None, "") for r in summary):
+        logger.info("only K-shot subsets: no Dice-vs-fraction plot")
     else:
         logger.warning("no Dice value (all test cases have empty ground truth?): no plot")
     return paths

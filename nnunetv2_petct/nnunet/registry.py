@@ -14,6 +14,7 @@ TRAINER_MODULES: tuple[str, ...] = (
     "nnunetv2_petct.nnunet.trainers.base",
     "nnunetv2_petct.nnunet.trainers.mae",
     "nnunetv2_petct.nnunet.trainers.finetune",
+    "nnunetv2_petct.nnunet.trainers.late_fusion",
     "nnunetv2_petct.nnunet.trainers.demo",
 )
 

@@ -57,8 +57,9 @@ MOVE_PLANS_FIX = (
 )
 ADAPT_FIX = (
     "Only the number of input channels differs: convert the checkpoint with nnUNetv2_petct_adapt_checkpoint "
-    "(e.g. `--keep PET` for a PET-only dataset, or `--ct CT_CKPT --pet PET_CKPT` to merge two single-modality "
-    "checkpoints into a 2-channel one)."
+    "(e.g. `--keep PET` for a PET-only dataset, or `--ct CT_CKPT --pet PET_CKPT --rule first` to merge two "
+    "single-modality checkpoints into a 2-channel one to initialise fine-tuning; to probe two single-modality "
+    "models use nnUNetv2_petct_late_fusion_checkpoint and nnUNetTrainerPETCTLateFusionProbe)."
 )
 
 
@@ -621,39 +622,46 @@ def select_input_channels(checkpoint: Mapping, keep: Sequence[int | str]) -> dic
     return out
 
 
-MERGE_RULES = ("average", "first", "second")
+MERGE_RULES = ("first", "second")
+"""First-conv-only merge rules: the input projections of both networks are combined, every other tensor comes
+from ONE source network (``first`` = checkpoint 1, ``second`` = checkpoint 2). There is deliberately no
+averaging rule: see :func:`merge_single_channel_checkpoints`."""
 
 
-def merge_single_channel_checkpoints(checkpoints: Sequence[Mapping], rule: str = "average",
+def merge_single_channel_checkpoints(checkpoints: Sequence[Mapping], rule: str,
                                      channel_names: Sequence[str] = DEFAULT_CHANNEL_NAMES) -> dict:
-    """One N-channel checkpoint from N single-channel checkpoints of the same architecture.
+    """One N-channel checkpoint from N single-channel checkpoints of the same architecture — **only to
+    initialise fine-tuning**, never to probe.
 
-    Typical use: a CT-only and a PET-only ("separated-modality") foundation model into one 2-channel
-    (CT, PET) network, in that order.
+    Typical use: a CT-only and a PET-only ("separated-modality") foundation model as the starting point of
+    a 2-channel (CT, PET) fine-tuning run, in that order.
 
-    Rule for the input projection (all rules): the kept single-channel projections are concatenated
-    along dimension 1 in the given order. Rule for every other tensor:
+    Rule ("first-conv only"): the single-channel input projections are concatenated along dimension 1 in
+    the given order (each channel keeps its own network's first-layer filters); every other tensor comes
+    unchanged from one source network, ``rule="first"`` (checkpoint 1) or ``"second"`` (checkpoint 2).
+    The other modality therefore enters, through its own first-layer filters, features that were never
+    trained on it; fine-tuning is expected to adapt.
 
-    - ``"average"`` (default): the element-wise mean of the N networks; the concatenated projection is
-      scaled by 1/N so that the first layer's response is the mean of the single-modality responses.
-    - ``"first"`` / ``"second"``: that network's tensors unchanged (its encoder and decoder), the
-      other modality only contributes its input-projection slice, unscaled.
+    Why no averaging rule: independently trained networks are not aligned unit by unit (feature
+    permutation symmetry), so the element-wise average of two networks computes neither network's
+    features. Only the first convolution, which reads disjoint input channels, can be combined
+    meaningfully. To *evaluate* separated-modality pretraining (e.g. by linear probing), keep the two
+    networks intact: :mod:`nnunetv2_petct.transfer.late_fusion` and ``nnUNetTrainerPETCTLateFusionProbe``.
 
-    Limits (say so in any report): independently trained networks are not aligned unit by unit
-    (feature permutation symmetry), so averaging them is a heuristic initialization, not a model that
-    computes either network's features; ``first``/``second`` keep one network exact for its own
-    modality and feed the other modality into features that were never trained on it. Neither is
-    equivalent to joint pretraining or to a dual-branch model; fine-tuning is expected to adapt.
     Output layers (never transferred by ``-pretrained_weights``) are concatenated along their output
-    dimension when they have one output channel each, else taken from the first checkpoint.
-    Non-floating tensors (counters) are taken from the first checkpoint.
+    dimension when they have one output channel each, else taken from the base checkpoint. Non-floating
+    tensors (counters) come from the base checkpoint. ``petct_metadata.intended_use`` says
+    "initialising fine-tuning only"; ``pretraining_data`` lists every source's pretraining cases.
 
     Raises:
         ValueError: fewer than 2 checkpoints, a checkpoint with more than 1 input channel, differing
-            architectures (the message lists the differing tensors), or an unknown rule.
+            architectures (the message lists the differing tensors), or an unknown rule (e.g. the removed
+            ``"average"``).
     """
     if rule not in MERGE_RULES:
-        raise ValueError(f"unknown merge rule {rule!r}; choose one of {MERGE_RULES}")
+        extra = (" (averaging two independently trained networks computes neither network's features; it was "
+                 "removed)" if rule == "average" else "")
+        raise ValueError(f"unknown merge rule {rule!r}{extra}; choose one of {MERGE_RULES}")
     if len(checkpoints) < 2:
         raise ValueError("need at least 2 single-channel checkpoints to merge")
     if rule == "second" and len(checkpoints) != 2:
@@ -674,31 +682,28 @@ def merge_single_channel_checkpoints(checkpoints: Sequence[Mapping], rule: str =
             raise ValueError(f"checkpoint {i + 1} ({channel_names[i]}) has a different architecture than "
                              f"checkpoint 1 ({channel_names[0]}):\n" + rep.message())
     in_proj = set(find_input_projection_keys(sds[0], names_in))
-    base = {"average": 0, "first": 0, "second": 1}[rule]
+    base = {"first": 0, "second": 1}[rule]
     merged = {}
     for k, v0 in sds[0].items():
         tensors = [sd[k] for sd in sds]
         if k in in_proj:
-            w = torch.cat([t.to(torch.float64) for t in tensors], dim=1)
-            if rule == "average":
-                w = w / n
-            merged[k] = w.to(v0.dtype)
+            merged[k] = torch.cat([t.clone() for t in tensors], dim=1)
         elif is_output_key(k):
             if all(t.ndim >= 1 and t.shape[0] == 1 for t in tensors):
                 merged[k] = torch.cat([t.clone() for t in tensors], dim=0)
             else:
                 merged[k] = v0.clone()
         elif not torch.is_floating_point(v0):
-            merged[k] = v0.clone()
-        elif rule == "average":
-            merged[k] = torch.stack([t.to(torch.float64) for t in tensors]).mean(0).to(v0.dtype)
+            merged[k] = sds[base][k].clone()
         else:
             merged[k] = tensors[base].clone()
     out = _copy_meta(checkpoints[base])
     out["network_weights"] = merged
     _update_meta(out, 1, n, lambda items: items, {
         "operation": "merge_single_channel_checkpoints",
-        "rule": rule,
+        "rule": f"first-conv only: input projections concatenated, every other tensor from checkpoint "
+                f"{base + 1} ({channel_names[base]}) ({rule})",
+        "intended_use": "initialising fine-tuning only (not for probing)",
         "channel_names": list(channel_names),
         "input_projection_keys": sorted(in_proj),
         "sources": [
@@ -713,6 +718,11 @@ def merge_single_channel_checkpoints(checkpoints: Sequence[Mapping], rule: str =
         if isinstance(out.get(key), dict) and all(isinstance(x, Mapping) for x in srcs):
             _merge_per_channel_from_sources(out[key], srcs)
     out["petct_metadata"]["channel_names"] = {str(i): name for i, name in enumerate(channel_names)}
+    out["petct_metadata"]["intended_use"] = "initialising fine-tuning only (a merged network is not a model to probe)"
+    sources_data = [(c.get("petct_metadata") or {}).get("pretraining_data") if isinstance(c.get("petct_metadata"),
+                    Mapping) else None for c in checkpoints]
+    out["petct_metadata"]["pretraining_data"] = (
+        [d for data in sources_data for d in data] if all(isinstance(d, list) for d in sources_data) else None)
     _validate_if_foundation(out)
     return out
 

@@ -73,7 +73,9 @@ def test_merge_ct_and_pet_outputs_load_into_a_two_channel_network(pre, tmp_path)
     ct = make_foundation_checkpoint(pre, tmp_path / "ct.pth", 1, seed=2, channel_names=("CT",))
     pet = make_foundation_checkpoint(pre, tmp_path / "pet.pth", 1, seed=3, channel_names=("PET",))
     out = tmp_path / "joint.pth"
-    proc = _adapt("--ct", str(ct), "--pet", str(pet), "-o", str(out), "--check", str(pre))
+    no_rule = _adapt("--ct", str(ct), "--pet", str(pet), "-o", str(out))
+    assert no_rule.returncode == 2 and "--rule" in no_rule.stderr and not out.exists()
+    proc = _adapt("--ct", str(ct), "--pet", str(pet), "--rule", "first", "-o", str(out), "--check", str(pre))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "compatible" in proc.stdout
     net = _plans_network(pre, 2)
@@ -81,10 +83,10 @@ def test_merge_ct_and_pet_outputs_load_into_a_two_channel_network(pre, tmp_path)
     wc = torch.load(ct, weights_only=True)["network_weights"]
     wp = torch.load(pet, weights_only=True)["network_weights"]
     got = net.state_dict()
-    # default rule "average": [w_ct, w_pet] / 2 for the input projection, the mean elsewhere
-    torch.testing.assert_close(got[IN_PROJ], torch.cat([wc[IN_PROJ], wp[IN_PROJ]], 1) / 2)
+    # rule "first": [w_ct, w_pet] for the input projection, the CT network's tensors everywhere else
+    assert torch.equal(got[IN_PROJ], torch.cat([wc[IN_PROJ], wp[IN_PROJ]], 1))
     k = "decoder.stages.0.convs.1.norm.weight"
-    torch.testing.assert_close(got[k], (wc[k] + wp[k]) / 2)
+    assert torch.equal(got[k], wc[k]) and not torch.equal(got[k], wp[k])
     plan = torch.load(out, weights_only=True)["nnssl_adaptation_plan"]
     assert plan["pretrain_num_input_channels"] == 2 and plan["channel_names"] == ["CT", "PET"]
 
@@ -117,4 +119,7 @@ def test_help_states_the_merge_rule_and_its_limits():
     proc = _adapt("--help")
     assert proc.returncode == 0
     text = " ".join(proc.stdout.split())
-    assert "concatenated" in text and "element-wise mean" in text and "not aligned unit by unit" in text
+    assert "ONLY TO INITIALISE FINE-TUNING" in text and "first-conv only" in text
+    assert "There is no averaging rule" in text and "not aligned unit by unit" in text
+    assert "Do not linear-probe a merged checkpoint" in text and "nnUNetTrainerPETCTLateFusionProbe" in text
+    assert "--rule {first,second}" in text

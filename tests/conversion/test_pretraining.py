@@ -90,3 +90,44 @@ def test_pretraining_refuses_mixed_pet_normalization(phantom_cases, converted, t
         build_pretraining_dataset(301, [221, 230], raw, quiet=True)
     with pytest.raises(BadInputError, match="Dataset999"):
         build_pretraining_dataset(301, [999], raw, quiet=True)
+
+
+def test_pretraining_refuses_protected_test_cases_and_records_an_allowed_overlap(phantom_cases, converted, tmp_path):
+    import subprocess
+    import sys
+
+    from nnunetv2_petct.phantoms.layouts import autopet_ids
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for d in converted.iterdir():
+        os.symlink(d, raw / d.name)
+    ids0, ids1 = autopet_ids(phantom_cases[0]), autopet_ids(phantom_cases[1])
+    # case 0 by its converted case id; case 1 by its AutoPET study (patient folder / date, as in the paper's CSVs)
+    mdy = ids1["case_id"].rsplit("_", 1)[1]
+    protect = tmp_path / "test_cases.txt"
+    protect.write_text(f"{ids0['case_id']}\n{ids1['patient_folder']}/{mdy}-NA-PET-CT\n")
+    out = raw / "Dataset301_PETCTPretraining"
+    with pytest.raises(BadInputError) as e:
+        build_pretraining_dataset(301, [221, 222], raw, protect_test_cases=protect, quiet=True)
+    msg = str(e.value)
+    assert "2 protected test case(s)" in msg and ids0["case_id"] in msg and "--allow-test-overlap" in msg
+    assert "--exclude" in msg and f"study:{ids1['case_id'][4:14]}/{mdy}" in msg  # matched by the study key
+    assert not list(out.glob("imagesTr/*.nii.gz"))  # nothing written
+    # the same file as --exclude: verified absent
+    ok = build_pretraining_dataset(301, [221, 222], raw, exclude=[ids0["case_id"], ids1["case_id"]],
+                                   protect_test_cases=protect, quiet=True)
+    prot = json.loads((out / "summary.json").read_text())["protected_test_cases"]
+    assert ok.ok and prot["verified_excluded"] is True and prot["n_protected"] == 2 and prot["overlap"] == []
+    # a label-efficiency design as the protected set; the override writes them and records the overlap
+    design = tmp_path / "label_efficiency_design.json"
+    design.write_text(json.dumps({"dataset_name": "Dataset221_AutoPET", "test": [ids0["case_id"]]}))
+    proc = subprocess.run([sys.executable, "-m", "nnunetv2_petct.cli.pretraining_dataset", "-d", "302", "--from", "221",
+                           "-o", str(raw), "--protect-test-cases", str(design), "-q"], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and ids0["case_id"] in proc.stderr
+    allowed = build_pretraining_dataset(302, [221], raw, protect_test_cases=design, allow_test_overlap=True, quiet=True)
+    prot = json.loads((raw / "Dataset302_PETCTPretraining" / "summary.json").read_text())["protected_test_cases"]
+    assert allowed.ok and prot["verified_excluded"] is False and prot["overlapping_test_cases"] == [ids0["case_id"]]
+    assert prot["allow_test_overlap"] is True and "label-efficiency design" in prot["source"]
+    assert (raw / "Dataset302_PETCTPretraining" / "imagesTr" / f"autopet_{ids0['case_id']}_0000.nii.gz").is_file()

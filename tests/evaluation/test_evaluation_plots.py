@@ -52,6 +52,21 @@ def test_plot_dice_vs_fraction_writes_png(tmp_path):
     assert out.read_bytes()[:8] == PNG_MAGIC and out.stat().st_size > 5000
 
 
+def test_plot_draws_the_error_bars(tmp_path):
+    import matplotlib.image as mpimg
+
+    rows = [{"fraction": f, "method": "pretrained", "dice": 0.6, "dice_std": 0.0} for f in (0.1, 1.0)]
+    flat = plot_dice_vs_fraction(rows, tmp_path / "flat.png")
+    bars = plot_dice_vs_fraction([dict(r, dice_std=0.15) for r in rows], tmp_path / "bars.png")
+    a, b = mpimg.imread(flat), mpimg.imread(bars)
+    assert a.shape == b.shape
+    # only the error bars differ: the changed pixels lie in the columns of the two points, above and below
+    diff = np.abs(a - b).sum(axis=2) > 0.1
+    assert diff.any()
+    rows_changed = np.flatnonzero(diff.any(axis=1))
+    assert rows_changed.max() - rows_changed.min() > 0.1 * a.shape[0]  # vertical bars of +-0.15 Dice
+
+
 def test_coronal_mip_and_extent():
     v = np.zeros((10, 7, 20), np.float32)
     v[2, 5, 3] = 9.0

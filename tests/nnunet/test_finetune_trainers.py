@@ -1,9 +1,11 @@
-"""Transfer trainers (fine-tune, scratch, linear probe) through the stock nnU-Net CLIs on phantoms.
+"""Transfer trainers (fine-tune, scratch, stock nnU-Net, linear and late-fusion probes) through the stock
+nnU-Net CLIs on phantoms.
 
-The expensive part, one tiny training + stock ``nnUNetv2_predict`` per (method, label fraction), is done
-once per session by the ``transfer_grid`` fixture, which runs the label-efficiency CLI on a private copy
-of the tiny dataset (its splits_final.json gets extra folds; the shared fixture's stays untouched).
-``tests/nnunet/test_label_efficiency.py`` imports the same fixture and checks the table.
+The expensive part, one tiny training + stock ``nnUNetv2_predict`` per (method, seed), is done once per
+session by the ``transfer_grid`` fixture, which runs the label-efficiency CLI (fraction 0.5, ``--seeds 2``,
+the default grid + ``late_fusion_probe``) on a private copy of the tiny dataset (its splits_final.json
+gets extra folds; the shared fixture's stays untouched). ``tests/nnunet/test_label_efficiency.py``
+imports the same fixture and checks the tables, the statistics and the plot.
 """
 
 from __future__ import annotations
@@ -21,10 +23,13 @@ import torch
 from tests.conftest import cli, run
 
 COPY_ID, COPY_NAME = 561, "PETCTTransferTiny"
-FRACTIONS = ("0.5", "1.0")
-METHODS = ("pretrained", "scratch", "probe")
+FRACTIONS = ("0.5",)
+SEEDS = 2
+RUNS = ("frac0.5", "frac0.5_seed1")  # run folder names of the two replicates
+METHODS = ("pretrained", "scratch", "nnunet_default", "probe", "late_fusion_probe")
 TRAINERS = {"pretrained": "nnUNetTrainerPETCTFinetune_tiny", "scratch": "nnUNetTrainerPETCTScratch_tiny",
-            "probe": "nnUNetTrainerPETCTLinearProbe_tiny"}
+            "nnunet_default": "nnUNetTrainerPETCT_tiny", "probe": "nnUNetTrainerPETCTLinearProbe_tiny",
+            "late_fusion_probe": "nnUNetTrainerPETCTLateFusionProbe_tiny"}
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -46,10 +51,11 @@ def copy_dataset(d, dataset_id: int, name: str) -> str:
 
 
 def make_foundation_checkpoint(preprocessed_dataset_dir: Path, out: Path, num_input_channels: int = 2,
-                               seed: int = 0, channel_names=("CT", "PET")) -> Path:
+                               seed: int = 0, channel_names=("CT", "PET"), metadata: dict | None = None) -> Path:
     """A checkpoint shaped like the MAE trainer's ``foundation_final.pth``: the U-Net of the dataset's
     plans with ``num_input_channels`` inputs and as many outputs (reconstruction head), random weights,
-    plus the ``nnssl_adaptation_plan``. Random weights are enough to test transfer mechanics."""
+    plus the ``nnssl_adaptation_plan`` and ``metadata`` (``petct_metadata``). Random weights are enough to
+    test transfer mechanics."""
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -65,7 +71,7 @@ def make_foundation_checkpoint(preprocessed_dataset_dir: Path, out: Path, num_in
             if "norm" in n:
                 p.add_(0.05 * torch.randn_like(p))
     ckpt = build_foundation_checkpoint(net.state_dict(), plans, "3d_fullres", num_input_channels,
-                                       {"trainer_name": "synthetic (tests)"}, list(channel_names))
+                                       {"trainer_name": "synthetic (tests)", **(metadata or {})}, list(channel_names))
     out.parent.mkdir(parents=True, exist_ok=True)
     return save_foundation_checkpoint(ckpt, out)
 
@@ -78,11 +84,18 @@ def load_trained(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)  # nnU-Net's own checkpoint (trusted)
 
 
+def pretraining_data(cases, dataset_name: str = "Dataset999_SyntheticPretraining") -> list[dict]:
+    """``petct_metadata.pretraining_data`` of a synthetic foundation checkpoint pretrained on ``cases``."""
+    return [{"dataset_name": dataset_name, "cases": [{"case_id": c} for c in cases]}]
+
+
 @dataclass
 class TransferGrid:
     env: dict
     dataset_name: str
     foundation: Path
+    foundation_ct: Path
+    foundation_pet: Path
     out: Path
     design: dict
     proc_stdout: str
@@ -92,7 +105,8 @@ class TransferGrid:
 
 @pytest.fixture(scope="session")
 def transfer_grid(tiny_dataset, tmp_path_factory) -> TransferGrid:
-    """The label-efficiency CLI end to end: fractions 0.5 and 1.0 x {pretrained, scratch, probe} (_tiny)."""
+    """The label-efficiency CLI end to end: fraction 0.5 x 2 seeds x {pretrained, scratch, nnunet_default, probe,
+    late_fusion_probe} (_tiny): 10 tiny trainings and predictions."""
     d = tiny_dataset
     name = copy_dataset(d, COPY_ID, COPY_NAME)
     # A fixed folder, and a marker when done: test_label_efficiency imports this fixture, which gives it a
@@ -100,27 +114,35 @@ def transfer_grid(tiny_dataset, tmp_path_factory) -> TransferGrid:
     work = tmp_path_factory.getbasetemp() / "transfer_grid"
     work.mkdir(exist_ok=True)
     foundation, out, done = work / "foundation_final.pth", work / "le", work / "done.json"
+    ct, pet = work / "foundation_ct.pth", work / "foundation_pet.pth"
     env = {**d.env, "nnUNet_def_n_proc": "1"}  # fewer spawned worker processes: faster on 2 cores
     if not done.is_file():
-        make_foundation_checkpoint(Path(d.env["nnUNet_preprocessed"]) / name, foundation)
+        pre = Path(d.env["nnUNet_preprocessed"]) / name
+        # pretrained on cases that are not the test cases: the leakage guard verifies them
+        make_foundation_checkpoint(pre, foundation, metadata={"pretraining_data": pretraining_data(["unlabeled_001"])})
+        make_foundation_checkpoint(pre, ct, 1, seed=2, channel_names=("CT",), metadata={
+            "input_channels": [0], "pretraining_data": pretraining_data(["unlabeled_002"])})
+        make_foundation_checkpoint(pre, pet, 1, seed=3, channel_names=("PET",), metadata={
+            "input_channels": [1], "pretraining_data": pretraining_data(["unlabeled_003"])})
         proc = run([cli("nnUNetv2_petct_label_efficiency"), "-d", str(COPY_ID), "--pretrained", str(foundation),
+                    "--pretrained-ct", str(ct), "--pretrained-pet", str(pet), "--seeds", str(SEEDS),
                     "--fractions", *FRACTIONS, "--methods", *METHODS, "--trainer-suffix", "_tiny",
                     "--test-images", str(d.test_images), "--test-labels", str(d.test_labels), "-device", "cpu",
-                    "--disable-tta", "-npp", "0", "-nps", "0", "-o", str(out), "-q"], env, timeout=1500)
+                    "--disable-tta", "-npp", "0", "-nps", "0", "-o", str(out), "-q"], env, timeout=1800)
         done.write_text(json.dumps({"stdout": proc.stdout}))
     design = json.loads((out / "label_efficiency_design.json").read_text())
     stdout = json.loads(done.read_text())["stdout"]
-    return TransferGrid(env, name, foundation, out, design, stdout, d.test_images, d.test_labels)
+    return TransferGrid(env, name, foundation, ct, pet, out, design, stdout, d.test_images, d.test_labels)
 
 
-def _fold_of(grid: TransferGrid, subset: str) -> int:
-    return next(s["fold"] for s in grid.design["subsets"] if s["name"] == subset)
+def _fold_of(grid: TransferGrid, run_name: str) -> int:
+    return next(s["fold"] for s in grid.design["subsets"] if s["run_name"] == run_name)
 
 
 # --------------------------------------------------------------------------------------- e2e tests
 
 @pytest.mark.slow
-@pytest.mark.parametrize("subset", ["frac0.5", "frac1"])
+@pytest.mark.parametrize("subset", RUNS)
 def test_probe_keeps_every_pretrained_weight_bit_for_bit(transfer_grid, subset):
     from nnunetv2_petct.transfer.weights import differing_tensors, is_output_key
 
@@ -145,18 +167,26 @@ def test_finetune_loads_then_trains_and_scratch_does_not_load(transfer_grid):
     from nnunetv2_petct.transfer.weights import differing_tensors
 
     g = transfer_grid
-    fold = _fold_of(g, "frac1")
+    fold = _fold_of(g, "frac0.5")
     pretrained = torch.load(g.foundation, weights_only=True)["network_weights"]
     ft = fold_dir(g.env, g.dataset_name, TRAINERS["pretrained"], fold)
     sc = fold_dir(g.env, g.dataset_name, TRAINERS["scratch"], fold)
+    st = fold_dir(g.env, g.dataset_name, TRAINERS["nnunet_default"], fold)
     assert json.loads((ft / "pretrained_weights.json").read_text())["pretrained_weights_loaded"] is True
     info_sc = json.loads((sc / "pretrained_weights.json").read_text())
     assert info_sc["pretrained_weights_loaded"] is False and info_sc["pretrained_weights_file"] is None
     changed = differing_tensors(pretrained, load_trained(ft / "checkpoint_final.pth")["network_weights"])
     assert "encoder.stages.0.0.convs.0.conv.weight" in changed  # fine-tuning trains the encoder too
-    for fd in (ft, sc):  # same schedule: lr 1e-3 (tiny: 1 warm-up epoch reaches the peak at once)
-        log = "\n".join(p.read_text() for p in fd.glob("training_log_*.txt"))
-        assert "Current learning rate: 0.001" in log and "linear warm-up 1 epoch(s)" in log
+
+    def log(fd):
+        return "\n".join(p.read_text() for p in fd.glob("training_log_*.txt"))
+
+    # the tiny schedule (2 epochs, warm-up 1 epoch) reaches each peak at once: fine-tuning 1e-3, scratch 1e-2
+    # (its own tuned rate, same warm-up and length); stock nnU-Net: 1e-2 then poly 1e-2 * (1 - 1/2) ** 0.9
+    assert re.findall(r"Current learning rate: ([0-9.]+)", log(ft)) == ["0.001", "0.001"]
+    assert re.findall(r"Current learning rate: ([0-9.]+)", log(sc)) == ["0.01", "0.01"]
+    assert re.findall(r"Current learning rate: ([0-9.]+)", log(st)) == ["0.01", str(round(1e-2 * 0.5 ** 0.9, 5))]
+    assert "linear warm-up 1 epoch(s)" in log(ft) and "linear warm-up 1 epoch(s)" in log(sc)
 
 
 @pytest.mark.slow
@@ -167,7 +197,7 @@ def test_stock_predict_output_is_on_the_pet_grid(transfer_grid, method):
     g = transfer_grid
     pets = sorted(g.test_images.glob("*_0001.nii.gz"))
     assert pets
-    for subset in ("frac0.5", "frac1"):
+    for subset in RUNS:
         pred_dir = g.out / "predictions" / method / subset
         for pet_file in pets:
             case = pet_file.name[: -len("_0001.nii.gz")]
@@ -184,6 +214,8 @@ def test_stock_predict_output_is_on_the_pet_grid(transfer_grid, method):
     ("nnUNetTrainerPETCTLinearProbe_tiny", False, "needs pretrained weights, but none were loaded"),
     ("nnUNetTrainerPETCTScratch_tiny", True, "refuses pretrained weights"),
     ("nnUNetTrainerPETCTLinearProbeRandomInit_tiny", True, "refuses pretrained weights"),
+    ("nnUNetTrainerPETCTLateFusionProbe_tiny", False, "nnUNetv2_petct_late_fusion_checkpoint --ct"),
+    ("nnUNetTrainerPETCTScratchLR1e3_tiny", True, "refuses pretrained weights"),
 ])
 def test_wrong_initialization_is_refused_with_a_clear_message(transfer_grid, trainer, with_weights, expected):
     g = transfer_grid
@@ -212,6 +244,13 @@ def test_real_mae_tiny_output_loads_bit_for_bit_into_a_probe(transfer_grid):
     net = network_from_plans(json.loads((pre / "nnUNetPlans.json").read_text()), "3d_fullres",
                              dataset_json=json.loads((pre / "dataset.json").read_text()))
     assert check_compatibility(mae, net).ok
+    # the foundation lists what it was pretrained on (fold all: every case of the dataset), for the leakage guard
+    (data,) = mae["petct_metadata"]["pretraining_data"]
+    cases = sorted(p.name[: -len(".b2nd")] for p in (pre / "nnUNetPlans_3d_fullres").glob("*.b2nd")
+                   if not p.name.endswith("_seg.b2nd"))
+    assert len(cases) == 8 and [c["case_id"] for c in data["cases"]] == cases
+    assert data["dataset_name"] == g.dataset_name and data["fold"] == "all"
+    assert data["identities_from"].startswith("case ids only")  # the phantom raw dataset has no manifest.jsonl
     # fold 0: the patient-grouped CV fold the runner wrote before its own folds (none of the grid's runs)
     run([cli("nnUNetv2_train"), str(COPY_ID), "3d_fullres", "0", "-tr", "nnUNetTrainerPETCTLinearProbe_tiny",
          "-device", "cpu", "-pretrained_weights", str(foundation)], g.env, timeout=900)
@@ -289,3 +328,67 @@ def test_pretrained_file_is_read_from_argv():
     assert _pretrained_file_from_argv(["nnUNetv2_train", "1", "3d_fullres", "0", "-pretrained_weights", "f.pth"]) \
         == "f.pth"
     assert _pretrained_file_from_argv(["nnUNetv2_train", "1", "3d_fullres", "0"]) is None
+
+
+def _lr_per_epoch(trainer_cls, num_epochs: int) -> list[float]:
+    """The learning rate of every epoch as the trainer's own optimizer and scheduler give it: build them with
+    the trainer's ``configure_optimizers`` and step the scheduler with the epoch index, as nnU-Net's
+    ``on_train_epoch_start`` does. ``initial_lr`` is what ``initialize`` sets (nnU-Net's 1e-2 for the stock
+    trainer; ``finetune_initial_lr`` for ours, checked end to end in the tiny runs' logs)."""
+    t = object.__new__(trainer_cls)
+    t.network = _tiny_unet()
+    t.num_epochs = num_epochs
+    t.weight_decay = 3e-5
+    t.initial_lr = getattr(trainer_cls, "finetune_initial_lr", 1e-2)
+    t.print_to_log_file = lambda *a, **k: None
+    optimizer, scheduler = t.configure_optimizers()
+    lrs = []
+    for epoch in range(num_epochs):
+        scheduler.step(epoch)
+        lrs.append(optimizer.param_groups[0]["lr"])
+    return lrs
+
+
+def test_scratch_and_finetune_schedules_value_by_value():
+    from nnunetv2_petct.nnunet.trainers.base import nnUNetTrainerPETCT
+    from nnunetv2_petct.nnunet.trainers.finetune import (
+        nnUNetTrainerPETCTFinetune,
+        nnUNetTrainerPETCTScratch,
+        nnUNetTrainerPETCTScratchLR1e3,
+    )
+
+    def by_hand(peak: float, e: int) -> float:
+        # 1000 epochs: warm-up 5 % = 50 epochs, linear up to the peak in epoch 49, then poly (0.9) over 950
+        if e < 50:
+            return peak * (e + 1) / 50
+        return peak * (1 - (e - 50) / 950) ** 0.9
+
+    ft = _lr_per_epoch(nnUNetTrainerPETCTFinetune, 1000)
+    sc = _lr_per_epoch(nnUNetTrainerPETCTScratch, 1000)
+    lr3 = _lr_per_epoch(nnUNetTrainerPETCTScratchLR1e3, 1000)
+    stock = _lr_per_epoch(nnUNetTrainerPETCT, 1000)
+    for e in range(1000):
+        assert ft[e] == pytest.approx(by_hand(1e-3, e), rel=1e-12, abs=1e-15), e
+        assert sc[e] == pytest.approx(by_hand(1e-2, e), rel=1e-12, abs=1e-15), e
+        assert sc[e] == pytest.approx(10 * ft[e], rel=1e-12, abs=1e-15)  # same warm-up and length, 10x the peak
+        assert lr3[e] == ft[e]  # the ablation: the fine-tuning schedule exactly
+        assert stock[e] == pytest.approx(1e-2 * (1 - e / 1000) ** 0.9, rel=1e-12, abs=1e-15)  # nnU-Net's poly
+    # a few values written out: epoch 0 = peak / 50, epoch 24 = peak / 2, epochs 49 and 50 = peak,
+    # epoch 525 = half-way through the decay, the last epoch = peak * (1/950) ** 0.9
+    assert [sc[e] for e in (0, 24, 49, 50)] == pytest.approx([2e-4, 5e-3, 1e-2, 1e-2])
+    assert [ft[e] for e in (0, 24, 49, 50)] == pytest.approx([2e-5, 5e-4, 1e-3, 1e-3])
+    assert sc[525] == pytest.approx(0.01 * 0.5 ** 0.9) and sc[525] == pytest.approx(0.0053589, rel=1e-4)
+    assert sc[999] == pytest.approx(0.01 * (1 / 950) ** 0.9)
+    assert stock[0] == 1e-2 and stock[500] == pytest.approx(0.0053589, rel=1e-4)
+    # the tiny schedule (2 epochs): warm-up max(1, round(0.1)) = 1 epoch reaches the peak, then poly starts at 1
+    assert _lr_per_epoch(nnUNetTrainerPETCTScratch, 2) == pytest.approx([1e-2, 1e-2])
+    assert _lr_per_epoch(nnUNetTrainerPETCTFinetune, 2) == pytest.approx([1e-3, 1e-3])
+
+
+def test_training_seed_comes_from_the_environment():
+    from nnunetv2_petct.nnunet.trainers.base import training_seed_from_env
+
+    assert training_seed_from_env({"NNUNETV2_PETCT_SEED": "13345"}) == 13345
+    assert training_seed_from_env({}) is None and training_seed_from_env({"NNUNETV2_PETCT_SEED": " "}) is None
+    with pytest.raises(ValueError, match="not an integer"):
+        training_seed_from_env({"NNUNETV2_PETCT_SEED": "abc"})

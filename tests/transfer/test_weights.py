@@ -105,19 +105,21 @@ def test_keep_by_index_and_bad_channel_names():
         W.select_input_channels(c, ["CT", "0"])
 
 
-def test_merge_average_rule_by_hand():
+def test_merge_second_rule_by_hand_first_conv_only():
     a, b = unet(1, out_ch=1, seed=2), unet(1, out_ch=1, seed=3)
-    m = W.merge_single_channel_checkpoints([ckpt(a, ("CT",)), ckpt(b, ("PET",))], rule="average")
+    m = W.merge_single_channel_checkpoints([ckpt(a, ("CT",)), ckpt(b, ("PET",))], rule="second")
     sa, sb, sm = a.state_dict(), b.state_dict(), m["network_weights"]
-    for k in IN_PROJ:  # [w_ct, w_pet] / 2
-        torch.testing.assert_close(sm[k], torch.cat([sa[k], sb[k]], 1) / 2)
-    k = "encoder.stages.1.0.convs.0.conv.weight"
-    torch.testing.assert_close(sm[k], (sa[k] + sb[k]) / 2)
+    for k in IN_PROJ:  # [w_ct, w_pet]: each channel keeps its own network's first-layer filters, unscaled
+        assert torch.equal(sm[k], torch.cat([sa[k], sb[k]], 1))
+    k = "encoder.stages.1.0.convs.0.conv.weight"  # everything else: the PET network's tensors, unchanged
+    assert torch.equal(sm[k], sb[k])
     k = "decoder.seg_layers.1.weight"  # output layers: reconstruction heads side by side
     assert sm[k].shape[0] == 2 and torch.equal(sm[k][0], sa[k][0]) and torch.equal(sm[k][1], sb[k][0])
     plan = m["nnssl_adaptation_plan"]
     assert plan["pretrain_num_input_channels"] == 2 and plan["channel_names"] == ["CT", "PET"]
-    assert m["petct_metadata"]["adaptations"][-1]["rule"] == "average"
+    meta = m["petct_metadata"]
+    assert "first-conv only" in meta["adaptations"][-1]["rule"] and "checkpoint 2 (PET)" in meta["adaptations"][-1]["rule"]
+    assert "fine-tuning only" in meta["intended_use"]
     # the merged checkpoint loads into a 2-channel network (nnU-Net's shape rule)
     assert W.check_compatibility(m, unet(2)).ok
 
@@ -135,11 +137,16 @@ def test_merge_first_rule_keeps_the_ct_network_exact_for_ct_input():
 
 def test_merge_refuses_bad_inputs():
     with pytest.raises(ValueError, match="single-channel"):
-        W.merge_single_channel_checkpoints([ckpt(unet(2)), ckpt(unet(1))])
+        W.merge_single_channel_checkpoints([ckpt(unet(2)), ckpt(unet(1))], rule="first")
     with pytest.raises(ValueError, match="different architecture"):
-        W.merge_single_channel_checkpoints([ckpt(unet(1)), ckpt(unet(1, features=[4, 8, 8]))])
+        W.merge_single_channel_checkpoints([ckpt(unet(1)), ckpt(unet(1, features=[4, 8, 8]))], rule="first")
     with pytest.raises(ValueError, match="unknown merge rule"):
         W.merge_single_channel_checkpoints([ckpt(unet(1)), ckpt(unet(1))], rule="max")
+    # averaging was removed on purpose: unaligned networks averaged compute neither network's features
+    with pytest.raises(ValueError, match="neither network's features"):
+        W.merge_single_channel_checkpoints([ckpt(unet(1)), ckpt(unet(1))], rule="average")
+    with pytest.raises(TypeError):  # no default rule
+        W.merge_single_channel_checkpoints([ckpt(unet(1)), ckpt(unet(1))])
 
 
 def test_check_compatibility_reports_and_suggests_the_fix():

@@ -6,7 +6,7 @@ mix with real ones.
 
 from __future__ import annotations
 
-from nnunetv2_petct.nnunet.trainers.base import DemoScheduleMixin
+from nnunetv2_petct.nnunet.trainers.base import DemoScheduleMixin, nnUNetTrainerPETCT
 from nnunetv2_petct.nnunet.trainers.finetune import (
     nnUNetTrainerPETCTFinetune,
     nnUNetTrainerPETCTLinearProbe,
@@ -20,7 +20,7 @@ class nnUNetTrainerPETCTMAE_demo(DemoScheduleMixin, nnUNetTrainerPETCTMAE):
 
 
 # A few hundred iterations are too few for the fine-tuning peak rate of 1e-3 to learn lesions at all;
-# the demo uses nnU-Net's default 1e-2 for both (the comparison stays matched: same schedule for both).
+# the demo fine-tunes at nnU-Net's default 1e-2 too (the from-scratch baseline uses 1e-2 anyway).
 DEMO_FINETUNE_LR = 1e-2
 
 
@@ -31,9 +31,13 @@ class nnUNetTrainerPETCTFinetune_demo(DemoScheduleMixin, nnUNetTrainerPETCTFinet
 
 
 class nnUNetTrainerPETCTScratch_demo(DemoScheduleMixin, nnUNetTrainerPETCTScratch):
-    """The fine-tuning schedule from random weights, demo schedule (peak lr 1e-2)."""
+    """From random weights (peak lr 1e-2, warm-up, poly), demo schedule."""
 
     finetune_initial_lr = DEMO_FINETUNE_LR
+
+
+class nnUNetTrainerPETCT_demo(DemoScheduleMixin, nnUNetTrainerPETCT):
+    """Stock nnU-Net (lr 1e-2, poly, no warm-up), demo schedule."""
 
 
 class nnUNetTrainerPETCTLinearProbe_demo(DemoScheduleMixin, nnUNetTrainerPETCTLinearProbe):

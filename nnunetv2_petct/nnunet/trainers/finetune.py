@@ -1,4 +1,4 @@
-"""Transfer from the PET/CT foundation model: fine-tuning, matched scratch baseline, linear probing.
+"""Transfer from the PET/CT foundation model: fine-tuning, from-scratch baselines, linear probing.
 
 Every trainer here is used through the stock commands, e.g.::
 
@@ -9,33 +9,36 @@ Every trainer here is used through the stock commands, e.g.::
 and nnU-Net names the output folder after the class, so pretrained, scratch and probe results of one
 dataset and fold sit side by side.
 
-- ``nnUNetTrainerPETCTFinetune``: weights required; fine-tuning schedule; all layers train (the output
-  layer starts from random weights: nnU-Net's loader never transfers ``.seg_layers.``).
-- ``nnUNetTrainerPETCTScratch``: weights refused; the same fine-tuning schedule; all layers train.
+- ``nnUNetTrainerPETCTFinetune``: weights required; SGD peak lr **1e-3**, warm-up, poly; all layers train
+  (the output layer starts from random weights: nnU-Net's loader never transfers ``.seg_layers.``).
+- ``nnUNetTrainerPETCTScratch``: weights refused; SGD peak lr **1e-2** (nnU-Net's tuned rate) with the
+  *same* warm-up and length as fine-tuning; all layers train. The strong from-scratch baseline.
+- ``nnUNetTrainerPETCTScratchLR1e3``: ablation — the fine-tuning rate 1e-3 from random weights (the
+  handicapped baseline earlier versions used; kept so that its effect can be shown, not as a baseline).
+- ``nnUNetTrainerPETCT`` (in ``base``): stock nnU-Net (lr 1e-2, poly, no warm-up) — the other baseline.
 - ``nnUNetTrainerPETCTLinearProbe``: weights required; probe schedule; only the last 1x1x1 output
   convolution trains, deep supervision off.
 - ``nnUNetTrainerPETCTFrozenEncoder``: weights required; fine-tuning schedule; the decoder trains, the
   encoder is frozen.
 - ``nnUNetTrainerPETCTLinearProbeRandomInit``: weights refused; probe schedule and freezing on nnU-Net's
   random initialization (control for the probe).
+- ``nnUNetTrainerPETCTLateFusionProbe`` (module ``late_fusion``): the separated-modality probe.
 
 Each has a ``_tiny`` variant (2 epochs x 2 iterations, no final validation after training) for tests.
 They accept CT+PET datasets (``_0000`` = CT, ``_0001`` = PET) and single-channel CT-only or PET-only
-datasets (use ``nnUNetv2_petct_adapt_checkpoint`` to make a 1-channel checkpoint from a 2-channel one).
+datasets (use ``nnUNetv2_petct_adapt_checkpoint --keep`` to make a 1-channel checkpoint from a 2-channel one).
 
-Fine-tuning schedule (``FinetuneScheduleMixin``): nnU-Net's SGD (Nesterov, momentum 0.99, weight
-decay 3e-5), peak learning rate **1e-3** instead of nnU-Net's 1e-2, reached by a **linear warm-up over
-the first 5 % of the epochs** (50 of nnU-Net's 1000; at least 1), then nnU-Net's polynomial decay
-(exponent 0.9) to 0 over the remaining epochs. Why: the OpenMind benchmark of 3D medical SSL (Wald et
-al., 2025, the nnssl framework) fine-tunes CNN (ResEnc) U-Nets from self-supervised weights with SGD at
-lr 1e-3 and a linear warm-up of the whole network (50 epochs of 1000, then poly decay): the large
-nnU-Net default rate and the random output layer's first gradients otherwise wash out pretrained
-features early. The number of epochs stays nnU-Net's (1000 x 250 iterations) so scratch and pretrained
-runs get the same budget.
-
-Scratch baseline: the *same* schedule and settings from nnU-Net's random initialization, so that the
-only difference to ``Finetune`` is the initialization. Note that 1e-3 is not nnU-Net's tuned default;
-``nnUNetTrainerPETCT`` (lr 1e-2, no warm-up) is the "stock nnU-Net" reference.
+Schedule (``FinetuneScheduleMixin``): nnU-Net's SGD (Nesterov, momentum 0.99, weight decay 3e-5), a
+**linear warm-up over the first 5 % of the epochs** (50 of nnU-Net's 1000; at least 1) to the peak rate,
+then nnU-Net's polynomial decay (exponent 0.9) to 0 over the remaining epochs, nnU-Net's 1000 x 250
+iterations. The peak rate depends on the initialization, as in the recipe this follows — the OpenMind
+benchmark of 3D medical SSL (Wald et al., 2025, the nnssl framework) and upstream nnU-Net's
+``PretrainedTrainer``: **1e-3 for pretrained weights** (the large default rate and the random output
+layer's first gradients otherwise wash out pretrained features early) and **1e-2 from scratch**
+(nnU-Net's tuned rate: random weights have nothing to protect, and 1e-3 under-trains them). Scratch and
+fine-tuning therefore share warm-up and length, so the comparison is "each at its own tuned rate with
+the same budget"; stock nnU-Net (no warm-up) is reported next to them, and the 1e-3 scratch run is an
+explicitly named ablation.
 
 Probe schedule: nnU-Net's default (lr 1e-2, poly, no warm-up): only a freshly initialized 1x1x1 head
 is trained, there are no pretrained weights to protect. Deep supervision is off, so exactly one output
@@ -76,12 +79,20 @@ from nnunetv2.utilities.file_path_utilities import convert_identifier_to_trainer
 from torch.optim.lr_scheduler import _LRScheduler
 
 from nnunetv2_petct.conversion.channels import channel_kind
-from nnunetv2_petct.nnunet.trainers.base import TinyScheduleMixin, nnUNetTrainerPETCT
+from nnunetv2_petct.nnunet.trainers.base import (  # noqa: F401 - SkipFinalValidationMixin re-exported
+    SkipFinalValidationMixin,
+    TinyScheduleMixin,
+    nnUNetTrainerPETCT,
+)
 from nnunetv2_petct.nnunet.trainers.base import pretrained_file_from_argv as _pretrained_file_from_argv
 from nnunetv2_petct.transfer.foundation import normalization_mismatch, read_adaptation_plan
 from nnunetv2_petct.transfer.weights import tensor_digest
 
 PRETRAINED_INFO_FILE = "pretrained_weights.json"
+FINETUNE_PEAK_LR = 1e-3
+"""Peak SGD rate for pretrained weights (nnssl / upstream ``PretrainedTrainer`` recipe)."""
+SCRATCH_PEAK_LR = 1e-2
+"""Peak SGD rate from random weights: nnU-Net's tuned default (the same recipe's from-scratch rate)."""
 
 
 class PretrainedWeightsError(RuntimeError):
@@ -162,7 +173,7 @@ class FinetuneScheduleMixin:
     Only parameters with ``requires_grad`` go to the optimizer (frozen ones are left out).
     """
 
-    finetune_initial_lr: float = 1e-3
+    finetune_initial_lr: float = FINETUNE_PEAK_LR
     warmup_fraction: float = 0.05  # 50 of nnU-Net's 1000 epochs
     min_warmup_epochs: int = 1
 
@@ -195,7 +206,7 @@ class FinetuneScheduleMixin:
 class ProbeScheduleMixin(FinetuneScheduleMixin):
     """nnU-Net's default rate (1e-2) and poly decay without warm-up, on the trainable parameters only."""
 
-    finetune_initial_lr = 1e-2
+    finetune_initial_lr = SCRATCH_PEAK_LR
     warmup_fraction = 0.0
 
 
@@ -203,6 +214,7 @@ class PretrainedWeightsPolicyMixin:
     """Require (``"required"``) or refuse (``"forbidden"``) ``-pretrained_weights``; see the module doc."""
 
     pretrained_weights_policy: str = "required"  # "required" | "forbidden" | "any"
+    pretrained_weights_hint: str = "foundation_final.pth"  # what -pretrained_weights should be, for messages
 
     def initialize(self):
         first = not self.was_initialized
@@ -227,7 +239,7 @@ class PretrainedWeightsPolicyMixin:
                 raise PretrainedWeightsError(
                     f"{name} needs pretrained weights, but none were loaded (no -pretrained_weights?). "
                     f"Run: nnUNetv2_train DATASET CONFIGURATION FOLD -tr {name} -pretrained_weights "
-                    f"foundation_final.pth. To train from random weights use {alt}."
+                    f"{self.pretrained_weights_hint}. To train from random weights use {alt}."
                 )
             if self.pretrained_weights_policy == "forbidden" and (loaded or argv_file):
                 raise PretrainedWeightsError(
@@ -363,33 +375,13 @@ class FrozenEncoderMixin(FreezeMixin):
         return [p for n, p in network.decoder.named_parameters() if not n.startswith("encoder.")]
 
 
-class SkipFinalValidationMixin:
-    """No final validation (``perform_actual_validation``) after training.
-
-    For the ``_tiny`` smoke variants only: on a small CPU, nnU-Net's final validation (worker pools for
-    export and metrics) costs more than the tiny training itself, and the label-efficiency runner
-    evaluates on the held-out test set instead. ``nnUNetv2_train --val`` still validates: the skip only
-    applies right after training in the same process.
-    """
-
-    def run_training(self):
-        super().run_training()
-        self._petct_just_trained = True
-
-    def perform_actual_validation(self, save_probabilities: bool = False):
-        if getattr(self, "_petct_just_trained", False):
-            self.print_to_log_file("final validation skipped (_tiny variant); run nnUNetv2_train --val for it")
-            return None
-        return super().perform_actual_validation(save_probabilities)
-
-
 # ---------------------------------------------------------------------------------------- trainers
 class _PETCTTransferBase(FlexibleChannelsMixin, nnUNetTrainerPETCT):
     """CT+PET or single-modality datasets; nnU-Net's defaults otherwise."""
 
 
 class nnUNetTrainerPETCTFinetune(PretrainedWeightsPolicyMixin, FinetuneScheduleMixin, _PETCTTransferBase):
-    """Fine-tune every layer from ``-pretrained_weights`` (required): lr 1e-3, 5 % linear warm-up, poly.
+    """Fine-tune every layer from ``-pretrained_weights`` (required): peak lr 1e-3, 5 % linear warm-up, poly.
 
     The output layers (``.seg_layers.``) are not loaded (nnU-Net's loader) and start from random weights.
     """
@@ -398,10 +390,19 @@ class nnUNetTrainerPETCTFinetune(PretrainedWeightsPolicyMixin, FinetuneScheduleM
 
 
 class nnUNetTrainerPETCTScratch(PretrainedWeightsPolicyMixin, FinetuneScheduleMixin, _PETCTTransferBase):
-    """The fine-tuning schedule of :class:`nnUNetTrainerPETCTFinetune` from random weights
-    (``-pretrained_weights`` refused): the matched baseline."""
+    """From random weights (``-pretrained_weights`` refused) at nnU-Net's tuned peak lr 1e-2, with the warm-up
+    and length of :class:`nnUNetTrainerPETCTFinetune`: the from-scratch baseline at its own tuned rate."""
 
     pretrained_weights_policy = "forbidden"
+    finetune_initial_lr = SCRATCH_PEAK_LR
+
+
+class nnUNetTrainerPETCTScratchLR1e3(PretrainedWeightsPolicyMixin, FinetuneScheduleMixin, _PETCTTransferBase):
+    """Ablation: the fine-tuning rate (peak 1e-3) from random weights. Not a fair baseline (1e-3 is tuned for
+    pretrained weights); it shows how much a too-low rate handicaps training from scratch."""
+
+    pretrained_weights_policy = "forbidden"
+    finetune_initial_lr = FINETUNE_PEAK_LR
 
 
 class nnUNetTrainerPETCTLinearProbe(PretrainedWeightsPolicyMixin, LinearProbeMixin, ProbeScheduleMixin,
@@ -434,6 +435,11 @@ class nnUNetTrainerPETCTFinetune_tiny(TinyScheduleMixin, SkipFinalValidationMixi
 class nnUNetTrainerPETCTScratch_tiny(TinyScheduleMixin, SkipFinalValidationMixin,
                                      nnUNetTrainerPETCTScratch):
     """:class:`nnUNetTrainerPETCTScratch` with the tiny schedule."""
+
+
+class nnUNetTrainerPETCTScratchLR1e3_tiny(TinyScheduleMixin, SkipFinalValidationMixin,
+                                          nnUNetTrainerPETCTScratchLR1e3):
+    """:class:`nnUNetTrainerPETCTScratchLR1e3` with the tiny schedule."""
 
 
 class nnUNetTrainerPETCTLinearProbe_tiny(TinyScheduleMixin, SkipFinalValidationMixin,
@@ -520,17 +526,45 @@ def network_from_plans(plans: dict, configuration: str = "3d_fullres", num_input
 TRANSFER_TRAINERS = {
     "pretrained": "nnUNetTrainerPETCTFinetune",
     "scratch": "nnUNetTrainerPETCTScratch",
+    "nnunet_default": "nnUNetTrainerPETCT",
     "probe": "nnUNetTrainerPETCTLinearProbe",
+    "late_fusion_probe": "nnUNetTrainerPETCTLateFusionProbe",
+    "scratch_lr1e3": "nnUNetTrainerPETCTScratchLR1e3",
     "frozen_encoder": "nnUNetTrainerPETCTFrozenEncoder",
     "probe_random_init": "nnUNetTrainerPETCTLinearProbeRandomInit",
-    "nnunet_default": "nnUNetTrainerPETCT",
 }
-"""Method name (label-efficiency table) -> trainer class name (append ``_tiny`` for the tiny schedule)."""
+"""Method name (label-efficiency table) -> trainer class name (append ``_tiny``/``_demo`` for those schedules)."""
+
+METHOD_RECIPES = {
+    "pretrained": "fine-tuned from the joint CT+PET foundation model: SGD peak lr 1e-3, 5 % linear warm-up, poly, "
+                  "1000 x 250 it. (nnssl / nnU-Net PretrainedTrainer recipe for pretrained weights)",
+    "scratch": "from random weights: SGD peak lr 1e-2 (nnU-Net's tuned rate; the nnssl recipe's from-scratch rate) "
+               "with the same warm-up and length as fine-tuning",
+    "nnunet_default": "stock nnU-Net: SGD lr 1e-2, poly, no warm-up, 1000 x 250 it. (nnU-Net's defaults)",
+    "probe": "linear probe: only the final 1x1x1 conv trains on the frozen joint foundation model "
+             "(lr 1e-2, poly, no warm-up; deep supervision off)",
+    "late_fusion_probe": "separated-modality linear probe: frozen CT-only and PET-only foundation models, each on "
+                         "its own channel, last decoder features concatenated, one 1x1x1 head trained "
+                         "(same head parameters per input feature as the probe)",
+    "scratch_lr1e3": "ablation: random weights at the fine-tuning rate 1e-3 (same warm-up and length); "
+                     "under-tuned for training from scratch",
+    "frozen_encoder": "frozen pretrained encoder, decoder trained with the fine-tuning schedule (lr 1e-3)",
+    "probe_random_init": "control: the linear probe on nnU-Net's random initialization (lr 1e-2)",
+}
+"""Method -> one-line recipe and the reason for it (label-efficiency table, ``--help``, README)."""
 
 NEEDS_PRETRAINED = {"pretrained", "probe", "frozen_encoder"}
+"""Methods that need the joint foundation checkpoint (``--pretrained``)."""
+
+NEEDS_SEPARATED = {"late_fusion_probe"}
+"""Methods that need the two single-modality checkpoints (``--pretrained-ct`` / ``--pretrained-pet``)."""
 
 __all__ = [
+    "FINETUNE_PEAK_LR",
+    "METHOD_RECIPES",
     "NEEDS_PRETRAINED",
+    "NEEDS_SEPARATED",
+    "SCRATCH_PEAK_LR",
     "TRANSFER_TRAINERS",
     "PretrainedWeightsError",
     "load_check_target",
@@ -545,6 +579,8 @@ __all__ = [
     "nnUNetTrainerPETCTLinearProbeRandomInit_tiny",
     "nnUNetTrainerPETCTLinearProbe_tiny",
     "nnUNetTrainerPETCTScratch",
+    "nnUNetTrainerPETCTScratchLR1e3",
+    "nnUNetTrainerPETCTScratchLR1e3_tiny",
     "nnUNetTrainerPETCTScratch_tiny",
     "warmup_poly_lr",
 ]

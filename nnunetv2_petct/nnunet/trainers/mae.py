@@ -257,6 +257,7 @@ class nnUNetTrainerPETCTMAE(PETCTChannelCheckMixin, CheckedPretrainedWeightsMixi
     def get_tr_and_val_datasets(self):
         dataset_tr, dataset_val = super().get_tr_and_val_datasets()
         tr, val = list(dataset_tr.identifiers), list(dataset_val.identifiers)
+        self._pretraining_cases = (tr, val)
         self._data_summary = {
             "dataset_name": self.plans_manager.dataset_name,
             "num_training_cases": len(tr),
@@ -423,6 +424,7 @@ class nnUNetTrainerPETCTMAE(PETCTChannelCheckMixin, CheckedPretrainedWeightsMixi
             "mae_config": cfg.to_dict(),
             "data": dict(self._data_summary, dataset_name=self.plans_manager.dataset_name,
                          configuration=self.configuration_name, plans_name=self.plans_manager.plans_name),
+            "pretraining_data": [self.pretraining_data()],
             "schedule": {"num_epochs": self.num_epochs, "num_iterations_per_epoch": self.num_iterations_per_epoch,
                          "num_val_iterations_per_epoch": self.num_val_iterations_per_epoch,
                          "batch_size": self.configuration_manager.batch_size,
@@ -439,6 +441,26 @@ class nnUNetTrainerPETCTMAE(PETCTChannelCheckMixin, CheckedPretrainedWeightsMixi
             "best_val_loss_ema": self._best_val_loss_ema,
             "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+
+    def pretraining_data(self) -> dict:
+        """Which cases this run pretrained on, with their source identities (leakage guard; see
+        :mod:`nnunetv2_petct.transfer.leakage`): the pretraining dataset's ``manifest.jsonl`` from
+        ``$nnUNet_raw/<dataset>`` or the preprocessed dataset folder, else case ids only."""
+        import os
+
+        from nnunetv2_petct.transfer.leakage import pretraining_data_record, read_manifest_records
+
+        cases = getattr(self, "_pretraining_cases", None)
+        if cases is None:
+            cases = tuple(list(k) for k in self.do_split())
+        name = self.plans_manager.dataset_name
+        records = None
+        raw = os.environ.get("nnUNet_raw")
+        for folder in ([os.path.join(raw, name)] if raw else []) + [self.preprocessed_dataset_folder_base]:
+            records = read_manifest_records(folder) if folder else None
+            if records is not None:
+                break
+        return pretraining_data_record(name, cases[0], cases[1], records, self.fold)
 
     def write_foundation_checkpoint(self, name: str, epoch: int) -> str | None:
         """Write ``name`` (e.g. ``foundation_final.pth``) to the fold folder (rank 0 only); returns its path."""
