@@ -76,46 +76,57 @@ def strip_wrapper_prefixes(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def to_weights_only_safe(obj: Any, path: str = "checkpoint") -> Any:
-    """A copy of ``obj`` made only of what ``torch.load(weights_only=True)`` accepts.
+class NotWeightsOnlySafeError(FoundationCheckpointError, TypeError):
+    """A value cannot be stored in a checkpoint that ``torch.load(weights_only=True)`` reads."""
 
-    numpy scalars/arrays become Python numbers/lists, tuples become lists, ``Path`` becomes str, subclasses
-    of str/int/float/bool (e.g. ``torch.__version__``, IntEnum) become the plain builtin; tensors, dicts
-    (with str/int keys), lists, str, int, float, bool, None pass. Anything else raises
-    FoundationCheckpointError naming where it sits (e.g. ``checkpoint.petct_metadata.x``).
+
+def to_weights_only_safe(obj: Any, path: str = "checkpoint", *, tuples_as_lists: bool = True,
+                         unknown: str = "raise") -> Any:
+    """A copy of ``obj`` made only of what ``torch.load(weights_only=True)`` accepts (the one place that
+    decides it: foundation checkpoints, training checkpoints, imported legacy files).
+
+    numpy scalars/arrays become Python numbers/lists, ``Path`` becomes str, subclasses of str/int/float/bool
+    (e.g. ``torch.__version__``, IntEnum) become the plain builtin; tensors, ``torch.device``,
+    ``torch.dtype``, dicts (str/int keys), lists, str, int, float, bool and None pass. Tuples and sets
+    become lists (``tuples_as_lists``, the JSON-like form of foundation checkpoints) or stay tuples/sets.
+
+    Args:
+        unknown: ``"raise"`` (default): any other object raises :class:`NotWeightsOnlySafeError` naming
+            where it sits (e.g. ``checkpoint.petct_metadata.x``); ``"str"``: it becomes its ``str`` (for
+            importing legacy files whose extra entries are informative only).
     """
     import torch
 
-    if obj is None:
-        return None
-    # exact builtin types: subclasses (torch's TorchVersion, IntEnum, ...) would pickle as classes
-    if isinstance(obj, bool):
-        return bool(obj)
-    if isinstance(obj, int):
-        return int(obj)
-    if isinstance(obj, float):
-        return float(obj)
-    if isinstance(obj, str):
-        return str(obj)
-    if isinstance(obj, torch.Tensor):
+    if obj is None or isinstance(obj, (torch.Tensor, torch.device, torch.dtype)):
         return obj
+    # exact builtin types: subclasses (torch's TorchVersion, IntEnum, ...) would pickle as classes
+    for t in (bool, int, float, str):
+        if isinstance(obj, t):
+            return t(obj)
     if isinstance(obj, Path):
         return str(obj)
-    mod = type(obj).__module__
-    if mod == "numpy":
+    if type(obj).__module__ == "numpy":
         return obj.tolist() if hasattr(obj, "tolist") else obj.item()
+    kw = {"tuples_as_lists": tuples_as_lists, "unknown": unknown}
     if isinstance(obj, Mapping):
         out = {}
         for k, v in obj.items():
             if not isinstance(k, (str, int)):
-                raise FoundationCheckpointError(f"{path}: key {k!r} is a {type(k).__name__}, not str or int")
+                if unknown != "str":
+                    raise NotWeightsOnlySafeError(f"{path}: key {k!r} is a {type(k).__name__}, not str or int")
+                k = str(k)
             k = str(k) if isinstance(k, str) else int(k)
-            out[k] = to_weights_only_safe(v, f"{path}.{k}")
+            out[k] = to_weights_only_safe(v, f"{path}.{k}", **kw)
         return out
-    if isinstance(obj, (list, tuple)):
-        return [to_weights_only_safe(v, f"{path}[{i}]") for i, v in enumerate(obj)]
-    raise FoundationCheckpointError(f"{path}: a {type(obj).__module__}.{type(obj).__name__} cannot be stored "
-                                    f"in a weights_only checkpoint")
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        items = [to_weights_only_safe(v, f"{path}[{i}]", **kw) for i, v in enumerate(obj)]
+        if tuples_as_lists or isinstance(obj, list):
+            return items
+        return tuple(items) if isinstance(obj, tuple) else set(items)
+    if unknown == "str":
+        return str(obj)
+    raise NotWeightsOnlySafeError(f"{path}: a {type(obj).__module__}.{type(obj).__name__} cannot be stored "
+                                  f"in a weights_only checkpoint")
 
 
 def architecture_keys(architecture: Mapping[str, Any], state_dict: Mapping[str, Any],

@@ -253,31 +253,15 @@ def import_trusted_checkpoint(path: str | os.PathLike) -> dict:
             obj = {"network_weights": state_dict_of(obj)}
         except TypeError:
             raise IncompatibleCheckpointError(f"{path}: no 'network_weights' and not a state dict") from None
-    out = {k: (v if k == "network_weights" else _plain(v)) for k, v in obj.items()}
+    from nnunetv2_petct.transfer.foundation import to_weights_only_safe
+
+    out = {k: (v if k == "network_weights" else to_weights_only_safe(v, k, unknown="str")) for k, v in obj.items()}
     out["network_weights"] = {str(k): v.detach().cpu() for k, v in obj["network_weights"].items()
                               if isinstance(v, torch.Tensor)}
     meta = dict(out.get("petct_metadata") or {}) if isinstance(out.get("petct_metadata"), Mapping) else {}
     meta["imported_from"] = {"file": str(path.resolve()), "how": "import_trusted_checkpoint (weights_only=False)"}
     out["petct_metadata"] = meta
     return out
-
-
-def _plain(obj: Any) -> Any:
-    """What torch's weights-only loader accepts: tensors and builtins pass; numpy -> Python; other -> str."""
-    import torch
-
-    if obj is None or isinstance(obj, (torch.Tensor, torch.device, torch.dtype)):
-        return obj
-    for t in (bool, int, float, str):
-        if isinstance(obj, t):
-            return t(obj)
-    if type(obj).__module__ == "numpy":
-        return obj.tolist() if hasattr(obj, "tolist") else str(obj)
-    if isinstance(obj, Mapping):
-        return {(k if isinstance(k, (str, int)) else str(k)): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        return [_plain(v) for v in obj]
-    return str(obj)
 
 
 def check_pretrained_weights_file(path: str | os.PathLike, network) -> MismatchReport:

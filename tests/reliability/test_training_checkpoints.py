@@ -40,8 +40,9 @@ def test_plain_checkpoint_turns_numpy_into_python():
     out = plain_checkpoint({"a": np.float64(1.5), "b": [np.int64(2)], "c": (np.float32(0.5),), "d": torch.device("cpu")})
     assert out == {"a": 1.5, "b": [2], "c": (0.5,), "d": torch.device("cpu")}
     assert type(out["a"]) is float and type(out["b"][0]) is int and isinstance(out["c"], tuple)
-    with pytest.raises(TypeError, match=r"checkpoint\.x: a pathlib"):
-        plain_checkpoint({"x": Path("/")})
+    assert plain_checkpoint({"p": Path("/x")}) == {"p": "/x"}
+    with pytest.raises(TypeError, match=r"checkpoint\.x: a builtins\.object"):
+        plain_checkpoint({"x": object()})
 
 
 def test_save_is_weights_only_and_atomic(tmp_path, monkeypatch):

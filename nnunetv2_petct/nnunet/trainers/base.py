@@ -42,7 +42,8 @@ from nnunetv2_petct.conversion.channels import (
     check_channels,
     pet_normalized_globally,
 )
-from nnunetv2_petct.io import atomic_write
+from nnunetv2_petct.io import atomic_write, write_json_atomic
+from nnunetv2_petct.transfer.foundation import to_weights_only_safe
 from nnunetv2_petct.transfer.weights import (
     TRUST_CHECKPOINT_ENV,
     IncompatibleCheckpointError,
@@ -80,29 +81,14 @@ def unwrap_network(network) -> torch.nn.Module:
 
 
 def plain_checkpoint(obj: Any, where: str = "checkpoint") -> Any:
-    """``obj`` with every value ``torch.load(weights_only=True)`` accepts: numpy scalars and arrays become
-    Python numbers and lists, subclasses of str/int/float/bool their builtin; tensors, ``torch.device``,
-    ``torch.dtype``, dicts, lists, tuples, sets and None pass.
+    """``obj`` with every value ``torch.load(weights_only=True)`` accepts (nnU-Net's logger and EMA hold numpy
+    values); tuples and sets keep their type (:func:`nnunetv2_petct.transfer.foundation.to_weights_only_safe`).
 
     Raises:
-        TypeError: another object (named by its place, e.g. ``checkpoint.logging.x``).
+        NotWeightsOnlySafeError: (a TypeError) another object, named by its place (e.g. ``checkpoint.logging.x``).
     """
-    if obj is None or isinstance(obj, (torch.Tensor, torch.device, torch.dtype)):
-        return obj
-    for t in (bool, int, float, str):
-        if isinstance(obj, t):
-            return t(obj)
-    if type(obj).__module__ == "numpy":
-        return obj.tolist() if hasattr(obj, "tolist") else obj.item()
-    if isinstance(obj, Mapping):
-        return {k: plain_checkpoint(v, f"{where}.{k}") for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        items = [plain_checkpoint(v, f"{where}[{i}]") for i, v in enumerate(obj)]
-        if isinstance(obj, list):
-            return items
-        return tuple(items) if isinstance(obj, tuple) else set(items)
-    raise TypeError(f"{where}: a {type(obj).__module__}.{type(obj).__name__} cannot be stored in a weights-only "
-                    f"checkpoint")
+    return to_weights_only_safe(obj, where, tuples_as_lists=False)
+
 
 SEED_ENV = "NNUNETV2_PETCT_SEED"
 SEED_FILE = "training_seed.json"
@@ -346,9 +332,7 @@ class TrainingSeedMixin:
                           if seed is not None else "nothing (nnU-Net default: unseeded)",
                 "bit_reproducible": False,
             }
-            os.makedirs(self.output_folder, exist_ok=True)
-            with open(os.path.join(self.output_folder, SEED_FILE), "w") as f:
-                json.dump(record, f, indent=2)
+            write_json_atomic(record, os.path.join(self.output_folder, SEED_FILE))
 
 
 class SkipFinalValidationMixin:

@@ -79,6 +79,7 @@ from nnunetv2.utilities.file_path_utilities import convert_identifier_to_trainer
 from torch.optim.lr_scheduler import _LRScheduler
 
 from nnunetv2_petct.conversion.channels import channel_kind
+from nnunetv2_petct.io import write_json_atomic
 from nnunetv2_petct.nnunet.trainers.base import (  # noqa: F401 - SkipFinalValidationMixin re-exported
     SkipFinalValidationMixin,
     TinyScheduleMixin,
@@ -266,9 +267,7 @@ class PretrainedWeightsPolicyMixin:
             f"{f' from {argv_file}' if argv_file else ''}{' (continued run)' if continued else ''}"
         )
         if self.local_rank == 0 and not continued:
-            os.makedirs(self.output_folder, exist_ok=True)
-            with open(os.path.join(self.output_folder, PRETRAINED_INFO_FILE), "w") as f:
-                json.dump(info, f, indent=2)
+            write_json_atomic(info, os.path.join(self.output_folder, PRETRAINED_INFO_FILE))
 
     def _check_pretraining_normalization(self, weights_file: str) -> None:
         """Refuse weights pretrained with another normalization than this configuration's (when the file says)."""
