@@ -108,12 +108,13 @@ def test_case_ids(demo: Demo) -> list[str]:
     return sorted(chosen)
 
 
-def label_efficiency_args(demo: Demo) -> list[str]:
-    """The ``nnUNetv2_petct_label_efficiency`` call of the demo (without --dry-run / --skip-training)."""
+def label_efficiency_args(demo: Demo, folder: str = "label_efficiency") -> list[str]:
+    """The ``nnUNetv2_petct_label_efficiency`` call of the demo (without --dry-run / --skip-training), writing
+    to ``demo.out / folder``."""
     p = demo.profile
     args = ["nnUNetv2_petct_label_efficiency", "-d", str(AUTOPET_ID), "--pretrained", str(foundation_checkpoint(demo)),
             "--methods", *p.methods, "--trainer-suffix", p.trainer_suffix, "--test-cases", str(demo.out / "test_cases.txt"),
-            "-device", demo.device, "-npp", "1", "-nps", "1", "--disable-tta", "-o", str(demo.out / "label_efficiency"),
+            "-device", demo.device, "-npp", "1", "-nps", "1", "--disable-tta", "-o", str(demo.out / folder),
             "-q"]
     if p.fractions:
         args[3:3] = ["--fractions", *(f"{f:g}" for f in p.fractions)]
@@ -157,13 +158,13 @@ def run_labels(demo: Demo, trainings: list[list[str]]) -> list[str]:
     return [m if methods.count(m) == 1 else f"{m} fold {f}" for m, f in zip(methods, folds)]
 
 
-def finetune(demo: Demo) -> None:
+def finetune(demo: Demo, folder: str = "label_efficiency") -> None:
     """The label-efficiency grid in three recorded commands: the runner's dry run (splits + commands), its
     training commands (side by side, ``demo.jobs`` at a time, each with live progress), then the runner
-    again to predict the held-out test set and evaluate (``--skip-training``)."""
-    args = label_efficiency_args(demo)
+    again to predict the held-out test set and evaluate (``--skip-training``). Outputs in ``demo.out / folder``."""
+    args = label_efficiency_args(demo, folder)
     demo.sh([*args, "--dry-run"], label="label-efficiency design")
-    trainings = training_commands(demo.out / "label_efficiency" / "commands.sh")
+    trainings = training_commands(demo.out / folder / "commands.sh")
     if not trainings:
         raise RuntimeError("the label-efficiency runner wrote no nnUNetv2_train command")
     run_env = {"OMP_NUM_THREADS": "1"} if demo.device == "cpu" and demo.jobs > 1 else None
