@@ -54,6 +54,7 @@ class Profile:
     methods: tuple[str, ...] = ("pretrained", "scratch", "nnunet_default", "probe")
     seeds: int = 1
     description: str = ""
+    lesion_radius_mm: tuple[float, float] | None = None  # AutoPET lesion radii (None: the phantom size's range)
 
 
 PROFILES = {

@@ -42,7 +42,8 @@ def write_downloads(profile: Profile, dest: Path) -> Path:
     size = profile.phantom_size
     # AutoPET: labeled, partly lesion-free, some patients with two studies (as in AutoPET)
     autopet = make_cohort(profile.n_autopet, seed=100, size=size, lesion_free_fraction=profile.autopet_lesion_free,
-                          prefix="autopet", n_patients=max(2, profile.n_autopet - 3))
+                          prefix="autopet", n_patients=max(2, profile.n_autopet - 3),
+                          lesion_radius_mm=profile.lesion_radius_mm)
     write_autopet_layout(autopet, tmp / "autopet")
     write_deep_psma_layout(make_cohort(profile.n_unlabeled, seed=200, size=size, prefix="deeppsma"), tmp / "deep_psma")
     write_spade_layout(make_cohort(profile.n_unlabeled, seed=300, size=size, prefix="spade"), tmp / "spade")

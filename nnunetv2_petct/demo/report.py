@@ -24,8 +24,6 @@ METHOD_LABELS = {
     "nnunet_default": "stock nnU-Net",
     "probe": "linear probe (frozen foundation model)",
 }
-METHOD_TRAINERS = {"pretrained": "nnUNetTrainerPETCTFinetune", "scratch": "nnUNetTrainerPETCTScratch",
-                   "nnunet_default": "nnUNetTrainerPETCT", "probe": "nnUNetTrainerPETCTLinearProbe"}
 
 
 def _num(v) -> float | None:
@@ -204,9 +202,11 @@ def write_report(demo: Demo) -> Path:
 
     metrics = {m: method_metrics(demo.out / "evaluation" / m) for m in demo.profile.methods
                if (demo.out / "evaluation" / m / "per_case.csv").is_file()}
+    from nnunetv2_petct.nnunet.trainers.finetune import TRANSFER_TRAINERS
+
     recipes = {}
     for m in metrics:
-        trainer = METHOD_TRAINERS[m] + suffix
+        trainer = TRANSFER_TRAINERS[m] + suffix
         fold = fold_dir(demo, AUTOPET_ID, trainer, subset["fold"])
         if (fold / "checkpoint_final.pth").is_file():
             recipes[m] = run_recipe(fold, trainer) | {"trainer": trainer, "fold_dir": fold}

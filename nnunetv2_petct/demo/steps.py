@@ -51,7 +51,7 @@ def convert_all(demo: Demo) -> None:
     # The AutoPET test studies are held out of pretraining too (no test image is ever seen in training).
     test_file = demo.out / "test_cases.txt"
     demo.write_file(test_file, "\n".join(test_case_ids(demo)) + "\n",
-                    "the held-out AutoPET test studies (whole patients; lesion-positive and lesion-free)")
+                    "held-out AutoPET test studies: whole patients, lesion-positive and lesion-free")
     demo.sh(["nnUNetv2_petct_pretraining_dataset", "-d", str(PRETRAIN_ID), "--from",
              *(str(c[2]) for c in COHORTS), "--name", "PETCTPretrainDemo", "--exclude", str(test_file),
              "-np", "2", "-q"])
@@ -160,18 +160,39 @@ def run_labels(demo: Demo, trainings: list[list[str]]) -> list[str]:
 
 def finetune(demo: Demo, folder: str = "label_efficiency") -> None:
     """The label-efficiency grid in three recorded commands: the runner's dry run (splits + commands), its
-    training commands (side by side, ``demo.jobs`` at a time, each with live progress), then the runner
-    again to predict the held-out test set and evaluate (``--skip-training``). Outputs in ``demo.out / folder``."""
+    training commands (side by side, ``demo.jobs`` at a time, each with live progress; a run whose
+    ``checkpoint_final.pth`` exists is not trained again, as in the runner), then the runner again to predict
+    the held-out test set and evaluate (``--skip-training``). Outputs in ``demo.out / folder``."""
     args = label_efficiency_args(demo, folder)
     demo.sh([*args, "--dry-run"], label="label-efficiency design")
     trainings = training_commands(demo.out / folder / "commands.sh")
     if not trainings:
         raise RuntimeError("the label-efficiency runner wrote no nnUNetv2_train command")
-    run_env = {"OMP_NUM_THREADS": "1"} if demo.device == "cpu" and demo.jobs > 1 else None
     labels = run_labels(demo, trainings)
-    demo.sh_parallel([(t, label, trainer_epochs(_train_arg(t, "-tr"))) for t, label in zip(trainings, labels)],
-                     jobs=demo.jobs, run_env=run_env)
+    todo = []
+    for t, label in zip(trainings, labels):
+        if (training_fold_dir(demo, t) / "checkpoint_final.pth").is_file():
+            demo.commands.append(demo.shown(t))
+            demo.say(f"{label}: trained before (checkpoint_final.pth exists), not trained again")
+        else:
+            todo.append((t, label, trainer_epochs(_train_arg(t, "-tr"))))
+    run_env = {"OMP_NUM_THREADS": "1"} if demo.device == "cpu" and demo.jobs > 1 else None
+    if todo:
+        demo.sh_parallel(todo, jobs=demo.jobs, run_env=run_env)
     demo.sh([*args, "--skip-training"], label="predict + evaluate", timeout=7200)
+
+
+def training_fold_dir(demo: Demo, words: list[str]) -> Path:
+    """The fold folder a recorded ``nnUNetv2_train DATASET CONFIGURATION FOLD -tr T [-p PLANS]`` writes to
+    (nnU-Net's naming), under the demo's ``nnUNet_results``."""
+    from nnunetv2.utilities.file_path_utilities import convert_trainer_plans_config_to_identifier
+
+    i = words.index("nnUNetv2_train")
+    dataset, configuration, fold = words[i + 1], words[i + 2], words[i + 3]
+    plans = _train_arg(words, "-p") if "-p" in words else "nnUNetPlans"
+    run = convert_trainer_plans_config_to_identifier(_train_arg(words, "-tr"), plans, configuration)
+    name = dataset_dir(demo.preprocessed, int(dataset)).name if dataset.isdigit() else dataset
+    return demo.results / name / run / f"fold_{fold}"
 
 
 def trainer_epochs(trainer: str) -> int | None:
