@@ -78,9 +78,10 @@ def run(budget: str = "cpu-1h", out: str | os.PathLike | None = None, device: st
         quiet: no progress output (otherwise it goes to stderr).
 
     Returns:
-        ``table_md`` (the runner's markdown table), ``rows`` (its CSV rows: per method and subset, with
-        mean ± sd over seeds), ``files`` (table, CSV, plot, design, commands), ``planned`` (iteration
-        counts), ``seconds_per_step`` and settings.
+        ``table_md`` (the runner's markdown table), ``summary`` (its rows per subset and method: mean, sd and
+        n over seeds of Dice, FPV, FNV), ``paired`` (its Dice comparisons: pretrained vs each baseline on the
+        same test cases, bootstrap CI, Wilcoxon p), ``files`` (tables, per-case CSV, plot, design, commands),
+        ``planned`` (iteration counts), ``seconds_per_step`` and settings.
 
     Raises:
         ValueError: unknown budget or device; RuntimeError: a step failed (its log named).
@@ -110,13 +111,16 @@ def run(budget: str = "cpu-1h", out: str | os.PathLike | None = None, device: st
     demo.step("pretrain", lambda: pretrain(demo))
     demo.step("grid", lambda: finetune(demo, OUTPUT_FOLDER))
     le = root / OUTPUT_FOLDER
-    files = {name: le / name for name in ("label_efficiency.md", "label_efficiency.csv", "label_efficiency_dice.png",
-                                         "label_efficiency_design.json", "commands.sh") if (le / name).is_file()}
+    names = ("label_efficiency.md", "label_efficiency_summary.csv", "label_efficiency_paired.csv",
+             "label_efficiency_runs.csv", "label_efficiency.csv", "label_efficiency_dice.png",
+             "label_efficiency_design.json", "commands.sh")
+    files = {name: le / name for name in names if (le / name).is_file()}
     from nnunetv2_petct.demo.report import commands_script
     from nnunetv2_petct.io import write_text_atomic
 
     write_text_atomic(commands_script(demo.commands), root / "commands.sh")
-    rows = _read_table(files["label_efficiency.csv"]) if "label_efficiency.csv" in files else []
+    summary = _read_table(files["label_efficiency_summary.csv"]) if "label_efficiency_summary.csv" in files else []
+    paired = _read_table(files["label_efficiency_paired.csv"]) if "label_efficiency_paired.csv" in files else []
     design = json.loads(files["label_efficiency_design.json"].read_text()) if "label_efficiency_design.json" in files \
         else {}
     return {
@@ -134,7 +138,8 @@ def run(budget: str = "cpu-1h", out: str | os.PathLike | None = None, device: st
         "seconds_per_step": {k: round(v, 1) for k, v in demo.timings.items()},
         "seconds_total": round(time.perf_counter() - t0, 1),
         "table_md": files["label_efficiency.md"].read_text() if "label_efficiency.md" in files else None,
-        "rows": rows,
+        "summary": summary,
+        "paired": [r for r in paired if r.get("metric") == "dice"],
         "files": {k: str(v) for k, v in files.items()},
         "commands": str(root / "commands.sh"),
     }

@@ -84,7 +84,6 @@ def method_metrics(eval_dir: Path) -> dict:
         "fp_lesions": fp_lesions, "fpv_free_ml": fpv_free, "n_free": n_free, "fpv_ml": fpv_all, "n_cases": n_all,
         "fnv_ml": fnv, "n_fnv": n_fnv,
         "tmtv_error_ml": sum(errors) / len(errors) if errors else None,
-        "dice_per_case": {c["case"]: _num(c.get("dice")) for c in positive},
     }
 
 
@@ -107,22 +106,28 @@ def run_recipe(fold: Path, trainer: str) -> dict:
                       "ema_fg_dice": log.get("ema_fg_dice", [])}}
 
 
-def compare(a: dict, b: dict) -> dict | None:
-    """Paired comparison of the per-case Dice of two methods on the same lesion-positive test cases:
-    mean difference with a bootstrap 95 % CI and the Wilcoxon signed-rank p (the label-efficiency
-    runner's statistics)."""
-    try:
-        from nnunetv2_petct.evaluation.statistics import paired_comparison
-    except ImportError:  # the statistics module comes with the fair-protocol work (issue 12)
-        return None
-    return paired_comparison(a["dice_per_case"], b["dice_per_case"])
+def paired_rows(le_dir: Path, subset: str, metric: str = "dice") -> dict[tuple[str, str], dict]:
+    """The label-efficiency runner's paired comparisons (``label_efficiency_paired.csv``: mean difference
+    A - B on the same test cases, bootstrap 95 % CI, Wilcoxon p) of ``metric`` inside ``subset``, keyed by
+    ``(method_a, method_b)``; numbers as floats."""
+    path = le_dir / "label_efficiency_paired.csv"
+    if not path.is_file():
+        return {}
+    out = {}
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            if r["metric"] == metric and r["subset_a"] == subset and r["subset_b"] == subset:
+                row = {k: _num(r.get(k)) for k in ("mean_diff", "ci_low", "ci_high", "p_wilcoxon")}
+                row["n"] = int(float(r.get("n_cases") or 0))
+                out[(r["method_a"], r["method_b"])] = row
+    return out
 
 
 def comparison_sentence(name_a: str, name_b: str, cmp: dict | None) -> str:
     """One honest sentence about ``A - B`` in Dice: the difference, its CI, p and n, and whether the CI
     includes 0 ("within noise")."""
-    if cmp is None or not cmp.get("n"):
-        return f"{name_a} vs {name_b}: no paired comparison available."
+    if cmp is None or not cmp.get("n") or cmp.get("ci_low") is None or cmp.get("ci_high") is None:
+        return f"{name_a} vs {name_b}: no paired comparison available (no lesion-positive test case both scored)."
     d, lo, hi, p, n = cmp["mean_diff"], cmp["ci_low"], cmp["ci_high"], cmp["p_wilcoxon"], cmp["n"]
     text = (f"{name_a} minus {name_b}: Dice difference {d:+.3f} (95 % bootstrap CI {lo:+.3f} to {hi:+.3f}, "
             f"Wilcoxon p = {fmt_number(p, 2)}, n = {n} lesion-positive test cases). ")
@@ -279,19 +284,21 @@ def write_report(demo: Demo) -> Path:
               "tables (SUVmax, SUVpeak, MTV, TLG): `evaluation/<method>/`.", ""]
 
     lines += ["## Pretrained vs scratch", ""]
+    paired = paired_rows(le_dir, subset["name"])
     if "pretrained" in metrics:
         for other in ("scratch", "nnunet_default"):
             if other in metrics:
                 lines += ["- " + comparison_sentence(METHOD_LABELS["pretrained"], METHOD_LABELS[other],
-                                                     compare(metrics["pretrained"], metrics[other]))]
+                                                     paired.get(("pretrained", other)))]
         escapes = []
         for m, r in recipes.items():
             it = first_iteration_above(r["curve"]["iterations"], r["curve"]["ema_fg_dice"], 0.1)
             escapes.append(f"{METHOD_LABELS[m]}: {'never' if it is None else f'iteration {it}'}")
         lines += ["- Validation pseudo-Dice (moving average) above 0.1 first at: " + "; ".join(escapes) + ".",
-                  "- One training run per method: the intervals cover the variation over test cases, not over "
-                  "training seeds or subset draws (`python -m nnunetv2_petct.benchmarks label-efficiency` repeats "
-                  "them).", ""]
+                  "- Paired over the same test cases by the label-efficiency runner (`label_efficiency/"
+                  "label_efficiency_paired.csv`, also FPV and FNV). One training run per method: the interval covers "
+                  "the variation over test cases, not over training seeds or subset draws (`python -m "
+                  "nnunetv2_petct.benchmarks label-efficiency` repeats them with 3 seeds).", ""]
 
     lines += ["## Figures", ""]
     for title, path in figures.items():

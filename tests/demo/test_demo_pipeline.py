@@ -129,9 +129,15 @@ def test_label_efficiency_benchmark_grid_on_the_demo_data(demo_run, tmp_path):
     assert "done before, skipped" in proc.stderr  # downloads, conversion, planning, pretraining reused
     assert set(res["seconds_per_step"]) >= {"grid"}
     assert res["planned"]["n_training_runs"] == 1 * 2 * 2  # fractions x seeds x methods
-    methods = {r["method"] for r in res["rows"]}
-    assert methods == {"pretrained", "scratch"}
-    for name in ("label_efficiency.md", "label_efficiency.csv"):
+    # the runner's statistics: one row per method with mean, sd and n over the 2 seeds
+    assert {r["method"] for r in res["summary"]} == {"pretrained", "scratch"}
+    assert all(r["n_seeds"] == "2" for r in res["summary"])
+    # pretrained vs scratch on the same test cases (the lesion-positive ones for Dice)
+    [cmp] = [r for r in res["paired"] if r["method_a"] == "pretrained" and r["method_b"] == "scratch"]
+    assert cmp["n_cases"] == "1"
+    for name in ("label_efficiency.md", "label_efficiency_summary.csv", "label_efficiency_paired.csv"):
         assert Path(res["files"][name]).is_file()
-    assert res["table_md"] and "pretrained" in res["table_md"]
-    assert (out / "grid" / "commands.sh").is_file()
+    assert "±" in res["table_md"] or "(n=" in res["table_md"]
+    # two seeds: four training commands with their seeds recorded in the grid's commands
+    grid = (out / "grid" / "commands.sh").read_text()
+    assert grid.count("nnUNetv2_train ") == 4 and "NNUNETV2_PETCT_SEED=" in grid

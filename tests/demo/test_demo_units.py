@@ -13,7 +13,7 @@ import pytest
 from nnunetv2_petct.demo.config import PROFILES, Demo, shell_word
 from nnunetv2_petct.demo.figures import first_iteration_above, iterations_axis, plot_pseudo_dice_curves
 from nnunetv2_petct.demo.live import Job, StatusPrinter, format_seconds, parse_progress, run_jobs
-from nnunetv2_petct.demo.report import commands_script, comparison_sentence, method_metrics
+from nnunetv2_petct.demo.report import commands_script, comparison_sentence, method_metrics, paired_rows
 from nnunetv2_petct.demo.steps import training_commands
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -126,7 +126,21 @@ def test_method_metrics_keep_n_next_to_every_number(tmp_path):
     assert m["fnv_ml"] == pytest.approx(2.0) and m["n_fnv"] == 2
     assert m["fp_lesions"] == pytest.approx(1.0)
     assert m["tmtv_error_ml"] == pytest.approx((1 + 1 + 4) / 3)
-    assert m["dice_per_case"] == {"a": 0.8, "b": 0.4}
+
+
+def test_paired_rows_read_the_runners_comparisons(tmp_path):
+    (tmp_path / "label_efficiency_paired.csv").write_text(
+        "claim,metric,method_a,subset_a,method_b,subset_b,n_cases,mean_a,mean_b,mean_diff,ci_low,ci_high,"
+        "confidence,p_wilcoxon,n_resamples\n"
+        ",dice,pretrained,shots10,scratch,shots10,9,0.5,0.45,0.05,-0.02,0.12,0.95,0.31,10000\n"
+        ",fpv_ml,pretrained,shots10,scratch,shots10,12,1,2,-1,-2,0,0.95,0.2,10000\n"
+        ",dice,pretrained,frac0.5,scratch,frac0.5,9,0.5,0.1,0.4,0.3,0.5,0.95,0.01,10000\n")
+    rows = paired_rows(tmp_path, "shots10")
+    assert list(rows) == [("pretrained", "scratch")]  # Dice only, this subset only
+    assert rows[("pretrained", "scratch")] == {"mean_diff": 0.05, "ci_low": -0.02, "ci_high": 0.12,
+                                               "p_wilcoxon": 0.31, "n": 9}
+    assert "Within noise" in comparison_sentence("a", "b", rows[("pretrained", "scratch")])
+    assert paired_rows(tmp_path / "missing", "shots10") == {}
 
 
 def test_comparison_sentence_says_within_noise_when_the_interval_holds_zero():
