@@ -66,7 +66,7 @@ PROFILES = {
                     max_features=16, description="the tiniest settings (tests, CI)"),
     "bench-cpu-1h": Profile("bench-cpu-1h", "small", n_autopet=100, autopet_lesion_free=0.25, n_test_positive=12,
                             n_test_negative=4, n_unlabeled=100, n_dicom=2, fractions=(0.1, 0.3, 1.0), shots=(),
-                            trainer_suffix="_demo", seeds=3,
+                            trainer_suffix="_cpu1h", seeds=3,
                             description="label-efficiency benchmark, about 1 h on 2 CPU cores"),
     "bench-gpu": Profile("bench-gpu", "small", n_autopet=200, autopet_lesion_free=0.25, n_test_positive=30,
                          n_test_negative=10, n_unlabeled=150, n_dicom=2, fractions=(0.05, 0.1, 0.3, 1.0), shots=(),

@@ -14,7 +14,7 @@ from nnunetv2_petct.demo.config import PROFILES, Demo, shell_word
 from nnunetv2_petct.demo.figures import first_iteration_above, iterations_axis, plot_pseudo_dice_curves
 from nnunetv2_petct.demo.live import Job, StatusPrinter, format_seconds, parse_progress, run_jobs
 from nnunetv2_petct.demo.report import commands_script, comparison_sentence, method_metrics, paired_rows
-from nnunetv2_petct.demo.steps import training_commands
+from nnunetv2_petct.demo.steps import training_commands, training_fold_dir
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -165,3 +165,16 @@ def test_pseudo_dice_figure_and_axis(tmp_path):
     assert out.read_bytes()[:8] == PNG
     with pytest.raises(ValueError, match="curve"):
         plot_pseudo_dice_curves({"x": {"iterations": [1, 2], "mean_fg_dice": [0], "ema_fg_dice": [0]}}, tmp_path / "x.png")
+
+
+def test_training_fold_dir_follows_nnunets_naming(tmp_path):
+    demo = Demo(out=tmp_path, profile=PROFILES["test"], device="cpu")
+    (demo.preprocessed / "Dataset901_AutoPETDemo").mkdir(parents=True)
+    words = ["NNUNETV2_PETCT_SEED=1", "nnUNetv2_train", "Dataset901_AutoPETDemo", "3d_fullres", "6", "-tr",
+             "nnUNetTrainerPETCTScratch_demo", "-p", "nnUNetPlans", "-device", "cpu"]
+    expected = tmp_path / "nnUNet_results" / "Dataset901_AutoPETDemo" / \
+        "nnUNetTrainerPETCTScratch_demo__nnUNetPlans__3d_fullres" / "fold_6"
+    assert training_fold_dir(demo, words) == expected
+    # a dataset id resolves to the preprocessed folder's name
+    assert training_fold_dir(demo, ["nnUNetv2_train", "901", "3d_fullres", "6", "-tr",
+                                    "nnUNetTrainerPETCTScratch_demo"]) == expected

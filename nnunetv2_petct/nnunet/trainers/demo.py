@@ -155,6 +155,46 @@ class nnUNetTrainerPETCTLinearProbe_demo(CPUThreadsFromEnvMixin, OutputPriorInit
     """Linear probe on a frozen foundation model, demo schedule."""
 
 
+# ---- ``_cpu1h``: the CPU budget of the phantom label-efficiency benchmark (the demo's plans and recipes) -------
+CPU1H_SEG_EPOCHS, CPU1H_SEG_ITERATIONS, CPU1H_SEG_VAL_ITERATIONS = 32, 25, 2
+
+
+class Cpu1hSegScheduleMixin(TinyScheduleMixin):
+    """The 1-hour CPU benchmark's segmentation schedule: the demo's recipes, 800 iterations (36 runs must fit)."""
+
+    tiny_num_epochs = CPU1H_SEG_EPOCHS
+    tiny_iterations_per_epoch = CPU1H_SEG_ITERATIONS
+    tiny_val_iterations_per_epoch = CPU1H_SEG_VAL_ITERATIONS
+
+
+class nnUNetTrainerPETCTMAE_cpu1h(CPUThreadsFromEnvMixin, DemoMAEScheduleMixin, nnUNetTrainerPETCTMAE):
+    """MAE pretraining, 1-hour CPU benchmark (the demo's MAE schedule)."""
+
+
+class nnUNetTrainerPETCTFinetune_cpu1h(CPUThreadsFromEnvMixin, OutputPriorInitMixin, Cpu1hSegScheduleMixin,
+                                      SkipFinalValidationMixin, nnUNetTrainerPETCTFinetune):
+    """Fine-tuning, 1-hour CPU benchmark (peak lr :data:`DEMO_FINETUNE_LR`, as the demo)."""
+
+    finetune_initial_lr = DEMO_FINETUNE_LR
+
+
+class nnUNetTrainerPETCTScratch_cpu1h(CPUThreadsFromEnvMixin, OutputPriorInitMixin, Cpu1hSegScheduleMixin,
+                                     SkipFinalValidationMixin, nnUNetTrainerPETCTScratch):
+    """From scratch, 1-hour CPU benchmark (peak lr :data:`DEMO_FINETUNE_LR`, as the demo)."""
+
+    finetune_initial_lr = DEMO_FINETUNE_LR
+
+
+class nnUNetTrainerPETCT_cpu1h(CPUThreadsFromEnvMixin, OutputPriorInitMixin, Cpu1hSegScheduleMixin,
+                              SkipFinalValidationMixin, nnUNetTrainerPETCT):
+    """Stock nnU-Net, 1-hour CPU benchmark."""
+
+
+class nnUNetTrainerPETCTLinearProbe_cpu1h(CPUThreadsFromEnvMixin, OutputPriorInitMixin, Cpu1hSegScheduleMixin,
+                                         SkipFinalValidationMixin, nnUNetTrainerPETCTLinearProbe):
+    """Linear probe, 1-hour CPU benchmark."""
+
+
 # ---- ``_bench``: the GPU budget of the phantom label-efficiency benchmark (nnU-Net's own plans) -------------
 BENCH_MAE_EPOCHS, BENCH_MAE_ITERATIONS, BENCH_MAE_VAL_ITERATIONS = 100, 100, 5
 BENCH_SEG_EPOCHS, BENCH_SEG_ITERATIONS, BENCH_SEG_VAL_ITERATIONS = 60, 50, 10
