@@ -204,7 +204,7 @@ def run_jobs(jobs: Sequence[Job], max_parallel: int = 1, status: StatusPrinter |
             epoch, metric = parse_progress(line)
             if epoch is not None:
                 job.epoch = epoch
-                at_quarter = job.total_epochs and epoch % max(1, job.total_epochs // 4) == 0
+                at_quarter = job.total_epochs and (epoch + 1) % max(1, job.total_epochs // 4) == 0
                 show(force=bool(at_quarter))
             elif metric is not None:
                 job.metric = metric

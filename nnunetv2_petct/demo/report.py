@@ -266,8 +266,10 @@ def write_report(demo: Demo) -> Path:
         warm = f"{r['warmup_epochs']} epochs" if r["warmup_epochs"] else "none"
         lines.append(f"| {METHOD_LABELS[m]} | `{r['trainer']}` | {fmt_number(r['peak_lr'], 4)} | {warm} | "
                      f"{r['iterations']} ({r['epochs']} x {r['iterations_per_epoch']}) |")
-    lines += ["", "The learning rates are read from each run's log; each method keeps its own recipe (the probe "
-              "trains only the final 1x1x1 convolution on the frozen pretrained network).", "",
+    lines += ["", "Learning rates and warm-up as read from each run's log. In the demo, fine-tuned and scratch share "
+              "one schedule, so they differ only in their initialization; stock nnU-Net keeps its recipe (no "
+              "warm-up); the probe trains only the final 1x1x1 convolution on the frozen pretrained network. "
+              "Every run starts its output layer at the foreground prior (README, \"What `make demo` shows\").", "",
               "## Metrics on the held-out test set", "",
               "| method | Dice (lesion-positive) | lesion sensitivity | FP lesions / case | FPV on lesion-free (ml) | "
               "FPV all (ml) | FNV (ml) | TMTV abs. error (ml) |",
