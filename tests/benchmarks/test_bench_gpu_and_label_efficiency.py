@@ -72,3 +72,18 @@ def test_gpu_check_tiny_on_cpu(tiny_dataset):
     assert res["step_patches_per_s"] == pytest.approx(need, abs=0.002)
     assert res["loading_is_bottleneck"] is (res["loader_patches_per_s"] < res["step_patches_per_s"])
     assert res["predict_seconds_per_case_mirroring"] is None  # only the setting asked for
+
+
+def test_tiny_budget_shares_the_test_profiles_data():
+    """The tiny budget can reuse a finished test-profile demo folder (tests/demo does): every field that
+    decides the downloads, conversion, planning and pretraining is the test profile's."""
+    from dataclasses import fields
+
+    from nnunetv2_petct.demo.config import PROFILES
+
+    tiny, test = PROFILES["bench-tiny"], PROFILES["test"]
+    grid_only = {"name", "fractions", "shots", "methods", "seeds", "description"}
+    for f in fields(tiny):
+        if f.name not in grid_only:
+            assert getattr(tiny, f.name) == getattr(test, f.name), f.name
+    assert tiny.seeds == 2 and len(tiny.methods) == 2
