@@ -16,7 +16,13 @@ BENCHMARKS = {
     "convert": ("bench_convert", "wall time and peak memory to convert one full-size study"),
     "predict": ("bench_predict", "seconds per full-size case for stock nnUNetv2_predict"),
     "evaluation": ("bench_evaluation", "seconds per whole-body case for autoPET metrics and lesion quantification"),
+    "gpu": ("bench_gpu", "the GPU check (< 8 min): MAE vs nnU-Net step at the paper preset, peak memory, loader "
+                         "vs step, full-size predict (--tiny: the same at a tiny size, e.g. on a CPU)"),
+    "label-efficiency": ("bench_label_efficiency", "phantom label-efficiency study with seeds and statistics "
+                                                   "(--budget cpu-1h: about 1 h on 2 CPU cores; gpu)"),
 }
+#: Not part of ``all``: long studies and the GPU check (which repeats mae-step, dataloader and predict).
+NOT_IN_ALL = ("gpu", "label-efficiency")
 
 
 def machine() -> dict:
@@ -54,12 +60,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("name", choices=[*BENCHMARKS, "all"])
     p.add_argument("--json", action="store_true", help="one JSON line per benchmark")
     p.add_argument("--device", default=None, help="cpu or cuda (benchmarks that train or predict)")
+    p.add_argument("--tiny", action="store_true", default=None,
+                   help="gpu: the same code path at a tiny size (automatic without a GPU)")
+    p.add_argument("--budget", default="cpu-1h", choices=("cpu-1h", "gpu", "tiny"),
+                   help="label-efficiency: cpu-1h (about 1 h on 2 CPU cores), gpu (one GPU), tiny (tests)")
+    p.add_argument("--out", default=None,
+                   help="label-efficiency: output folder (default label_efficiency_benchmark_<budget>; reused)")
+    p.add_argument("--jobs", type=int, default=None, help="label-efficiency: training runs side by side")
     a = p.parse_args(argv)
-    names = list(BENCHMARKS) if a.name == "all" else [a.name]
+    names = [n for n in BENCHMARKS if n not in NOT_IN_ALL] if a.name == "all" else [a.name]
     status = 0
     for name in names:
         try:
-            result = run_one(name, device=a.device)
+            result = run_one(name, device=a.device, tiny=a.tiny, budget=a.budget, out=a.out, jobs=a.jobs)
         except Exception as e:  # keep going in 'all'; report the failure as a figure-less line
             result = {"benchmark": name, "error": repr(e)}
             status = 1

@@ -160,13 +160,18 @@ def run(device: str = "cpu", n_warmup: int = 2, n_iter: int = 5, plans: dict | N
         mae_step()
         plain_step()
     mae_t, plain_t = [], []
+    peak = {"mae": 0, "plain": 0}
     for _ in range(n_iter):
-        for step, times in ((mae_step, mae_t), (plain_step, plain_t)):
+        for name, step, times in (("mae", mae_step, mae_t), ("plain", plain_step, plain_t)):
             sync()
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(dev)
             t0 = time.perf_counter()
             step()
             sync()
             times.append(time.perf_counter() - t0)
+            if cuda:
+                peak[name] = max(peak[name], torch.cuda.max_memory_allocated(dev))
     mae_s, plain_s = statistics.median(mae_t), statistics.median(plain_t)
     return {
         "mae_step_s": round(mae_s, 4),
@@ -186,6 +191,11 @@ def run(device: str = "cpu", n_warmup: int = 2, n_iter: int = 5, plans: dict | N
         "n_iter": n_iter,
         "torch_threads": torch.get_num_threads(),
         "mixed_precision": cuda,
+        # peak allocated GPU memory during one step of each kind (both networks and optimizers stay allocated
+        # throughout, so each figure includes the other network's weights and optimizer state); None on the CPU
+        "mae_peak_memory_gib": round(peak["mae"] / 2**30, 2) if cuda else None,
+        "plain_peak_memory_gib": round(peak["plain"] / 2**30, 2) if cuda else None,
+        "gpu_memory_total_gib": round(torch.cuda.get_device_properties(dev).total_memory / 2**30, 1) if cuda else None,
     }
 
 

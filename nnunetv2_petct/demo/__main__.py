@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
 import time
@@ -21,10 +22,12 @@ def main(argv: list[str] | None = None) -> int:
         "Outputs go to --out only; re-running reuses finished steps.",
     )
     p.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (default demo_output)")
-    p.add_argument("--profile", choices=sorted(PROFILES), default="demo",
-                   help="demo: what `make demo` runs (~10 min on 2 CPU cores); test: the tiniest settings")
+    p.add_argument("--profile", choices=list(PROFILES), default="demo",
+                   help="; ".join(f"{k}: {v.description}" for k, v in PROFILES.items()))
     p.add_argument("--fresh", action="store_true", help="delete --out first and start clean")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="training runs side by side (default: 2 on a CPU with >= 2 cores, one thread each; 1 on a GPU)")
     p.add_argument("-q", "--quiet", action="store_true")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if a.quiet else logging.INFO, format="%(message)s")
@@ -35,7 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     if a.fresh and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    demo = Demo(out=out, profile=PROFILES[a.profile], device=device, quiet=a.quiet)
+    jobs = a.jobs if a.jobs is not None else (2 if device == "cpu" and (os.cpu_count() or 1) >= 2 else 1)
+    if jobs < 1:
+        print("error: --jobs must be >= 1", file=sys.stderr)
+        return 2
+    demo = Demo(out=out, profile=PROFILES[a.profile], device=device, quiet=a.quiet, jobs=jobs)
     demo.state.mkdir(exist_ok=True)
     t0 = time.perf_counter()
     try:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import SimpleITK as sitk
@@ -567,6 +567,7 @@ def make_phantom(
     case_id: str | None = None,
     patient_id: str | None = None,
     study_date: str = "20200101",
+    lesion_radius_mm: tuple[float, float] | None = None,
 ) -> PhantomCase:
     """Make one synthetic whole-body PET/CT case.
 
@@ -582,6 +583,10 @@ def make_phantom(
             lesion_free=False)``.
         case_id, patient_id: identifiers (default ``phantom_<seed>`` and ``P<seed>``).
         study_date: stored as is.
+        lesion_radius_mm: (min, max) lesion radius instead of the size's ``lesion_radius_mm``; the first
+            lesion's minimum becomes ``max(min, first_lesion_min_radius_mm)``. The random draws are the same
+            (only their range changes), so anatomy, noise and lesion positions do not depend on it;
+            None (default) keeps the size's range.
 
     Returns:
         A :class:`PhantomCase`. At least one lesion of a lesion-bearing case has a radius of at
@@ -596,6 +601,12 @@ def make_phantom(
         raise ValueError(f"seed must be non-negative, got {seed}")
     t0 = time.perf_counter()
     cfg = SIZES[size]
+    if lesion_radius_mm is not None:
+        lo, hi = (float(r) for r in lesion_radius_mm)
+        if not 0 < lo <= hi:
+            raise ValueError(f"lesion_radius_mm must be (min, max) with 0 < min <= max, got {lesion_radius_mm}")
+        first_min = min(hi, max(lo, cfg.first_lesion_min_radius_mm))
+        cfg = replace(cfg, lesion_radius_mm=(lo, hi), first_lesion_min_radius_mm=first_min)
     rng = np.random.default_rng(int(seed))
     params = _sample_params(rng, cfg, lesion_free)
     r = _render(params, cfg)
@@ -621,6 +632,7 @@ def make_cohort(
     lesion_free_fraction: float = 0.5,
     prefix: str = "phantom",
     n_patients: int | None = None,
+    lesion_radius_mm: tuple[float, float] | None = None,
 ) -> list[PhantomCase]:
     """Make ``n`` cases with exactly ``round(n * lesion_free_fraction)`` lesion-free ones.
 
@@ -637,6 +649,7 @@ def make_cohort(
         n_patients: if given (1 <= n_patients <= n), cases are spread round-robin over that many
             patients (``patient_id = f"{prefix}_P{j:04d}"``), the k-th study of a patient dated
             k * 90 days after 2020-01-01; by default every case is its own patient.
+        lesion_radius_mm: passed to :func:`make_phantom` (None: the size's lesion radius range).
 
     Raises:
         ValueError: bad n, fraction or n_patients.
@@ -666,5 +679,6 @@ def make_cohort(
             pid, visit = f"{prefix}_P{i % n_patients:04d}", i // n_patients
         date = (base + _dt.timedelta(days=90 * visit)).strftime("%Y%m%d")
         cases.append(make_phantom(case_seeds[i], size=size, lesion_free=bool(free[i]),
-                                  case_id=f"{prefix}_{i:04d}", patient_id=pid, study_date=date))
+                                  case_id=f"{prefix}_{i:04d}", patient_id=pid, study_date=date,
+                                  lesion_radius_mm=lesion_radius_mm))
     return cases

@@ -211,3 +211,22 @@ def test_bad_arguments():
         make_phantom(-1)
     with pytest.raises(ValueError):
         make_cohort(3, lesion_free_fraction=1.5)
+
+
+def test_lesion_radius_option_changes_only_the_lesion_sizes():
+    default = make_phantom(5, lesion_free=False)
+    bigger = make_phantom(5, lesion_free=False, lesion_radius_mm=(12.0, 16.0))
+    # same anatomy, same number and placement draws: only the radii move into the new range
+    np.testing.assert_array_equal(_arr(default.organs), _arr(bigger.organs))
+    assert len(bigger.lesions) == len(default.lesions)
+    assert [les["region"] for les in bigger.lesions] == [les["region"] for les in default.lesions]
+    # radii are capped to 0.9x the host organ's smallest semi-axis on compressed tiny phantoms, never above 16
+    assert all(les["radius_mm"] <= 16.0 for les in bigger.lesions)
+    assert any(les["radius_mm"] >= 12.0 for les in bigger.lesions)
+    # the lesion-free twin is the default's lesion-free twin (the option only affects lesions)
+    np.testing.assert_array_equal(_arr(make_phantom(5, lesion_free=True, lesion_radius_mm=(12.0, 16.0)).pet),
+                                  _arr(make_phantom(5, lesion_free=True).pet))
+    cohort = make_cohort(3, seed=2, lesion_free_fraction=0.0, lesion_radius_mm=(12.0, 16.0))
+    assert all(les["radius_mm"] <= 16.0 for case in cohort for les in case.lesions)
+    with pytest.raises(ValueError, match="lesion_radius_mm"):
+        make_phantom(5, lesion_radius_mm=(10.0, 5.0))

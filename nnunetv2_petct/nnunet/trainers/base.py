@@ -374,14 +374,6 @@ class TinyScheduleMixin:
         super().initialize()
 
 
-class DemoScheduleMixin(TinyScheduleMixin):
-    """A short schedule for ``make demo`` on a CPU: 30 epochs of 12 iterations, 2 validation iterations."""
-
-    tiny_num_epochs = 30
-    tiny_iterations_per_epoch = 12
-    tiny_val_iterations_per_epoch = 2
-
-
 class nnUNetTrainerPETCT(TrainingSeedMixin, PETCTChannelCheckMixin, CheckedPretrainedWeightsMixin, SafeCheckpointMixin,
                          nnUNetTrainer):
     """Supervised CT+PET lesion segmentation with nnU-Net's defaults (1000 epochs x 250 iterations, SGD
