@@ -22,6 +22,8 @@ ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
 # Dataset ids used by the demo (the 9xx range is rarely used by real datasets).
 AUTOPET_ID, DEEPPSMA_ID, SPADE_ID, VIMED_ID, DICOM_ID, PRETRAIN_ID = 901, 902, 903, 904, 905, 910
+# Training seed of the MAE run (NNUNETV2_PETCT_SEED); the segmentation runs get the label-efficiency runner's.
+PRETRAIN_SEED = 12345
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from nnunetv2_petct.demo.config import (
     DICOM_ID,
     ENV_ASSIGNMENT,
     PRETRAIN_ID,
+    PRETRAIN_SEED,
     SPADE_ID,
     VIMED_ID,
     Demo,
@@ -78,7 +79,9 @@ def plan(demo: Demo) -> None:
 # ---- step 3: pretraining -----------------------------------------------------------------------
 def pretrain(demo: Demo) -> None:
     trainer = f"nnUNetTrainerPETCTMAE{demo.profile.trainer_suffix}"
+    # seeded like the segmentation runs (network initialisation and patch sampling repeat; see TrainingSeedMixin)
     demo.sh(["nnUNetv2_train", str(PRETRAIN_ID), "3d_fullres", "all", "-tr", trainer, "-device", demo.device],
+            env_extra={"NNUNETV2_PETCT_SEED": str(PRETRAIN_SEED)},
             label="MAE pretraining", total_epochs=trainer_epochs(trainer))
 
 

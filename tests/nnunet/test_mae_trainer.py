@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,31 @@ def test_wrong_channel_count_is_refused_with_a_clear_message(tiny_dataset):
                 "cpu"], d.env, timeout=600, check=False)
     assert proc.returncode != 0
     assert "expects 2 channel(s) in the order _0000 = CT, _0001 = PET" in proc.stderr
+
+
+_SEED_SCRIPT = """
+import json, sys, torch
+from nnunetv2_petct.nnunet.trainers.mae import nnUNetTrainerPETCTMAE_tiny as T
+pre = sys.argv[1]
+plans = json.load(open(pre + '/nnUNetPlans.json')); plans['continue_training'] = False
+t = T(plans, '3d_fullres', 'all', json.load(open(pre + '/dataset.json')), device=torch.device('cpu'))
+t.initialize()
+print(json.dumps([float(v.double().sum()) for k, v in t.network.state_dict().items() if v.is_floating_point()]))
+"""
+
+
+def test_mae_initialisation_follows_the_training_seed(tiny_dataset):
+    """NNUNETV2_PETCT_SEED seeds the MAE network's initialisation as it does the segmentation trainers'."""
+    d = tiny_dataset
+    pre = d.root / "preprocessed" / d.dataset_name
+
+    def init_weights(seed: str | None) -> list[float]:
+        env = {k: v for k, v in d.env.items() if k != "NNUNETV2_PETCT_SEED"}
+        if seed is not None:
+            env["NNUNETV2_PETCT_SEED"] = seed
+        proc = run([sys.executable, "-c", _SEED_SCRIPT, str(pre)], env)
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    a, b, c, unseeded = init_weights("7"), init_weights("7"), init_weights("8"), init_weights(None)
+    assert a == b  # same seed, same network
+    assert a != c and a != unseeded  # another seed (or none): other random weights

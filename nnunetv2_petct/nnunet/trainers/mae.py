@@ -30,6 +30,11 @@ Validation
     With fold ``all`` nnU-Net validates on the training cases; use a fold (0-4) or a
     ``splits_final.json`` to hold cases out.
 
+Seeding
+    Training masks come from a generator seeded with ``seed``, rank and epoch. With ``NNUNETV2_PETCT_SEED``
+    set, the network initialisation and the main process's draws are seeded too (``TrainingSeedMixin``, as in
+    the segmentation trainers; the seed is recorded in ``training_seed.json``).
+
 Outputs in the fold folder (besides nnU-Net's checkpoints and logs)
     ``foundation_final.pth`` (end of training) and ``foundation_best.pth`` (lowest exponential moving
     average of the validation loss, factor 0.9 as nnU-Net's pseudo-Dice EMA): see
@@ -77,6 +82,7 @@ from nnunetv2_petct.nnunet.trainers.base import (
     PETCTChannelCheckMixin,
     SafeCheckpointMixin,
     TinyScheduleMixin,
+    TrainingSeedMixin,
 )
 from nnunetv2_petct.pretraining.mae import (
     PAPER_BLOCK_SIZE,
@@ -115,7 +121,8 @@ def freeze_deep_supervision_heads(network: torch.nn.Module) -> int:
     return len(layers) - 1
 
 
-class nnUNetTrainerPETCTMAE(PETCTChannelCheckMixin, CheckedPretrainedWeightsMixin, SafeCheckpointMixin, nnUNetTrainer):
+class nnUNetTrainerPETCTMAE(TrainingSeedMixin, PETCTChannelCheckMixin, CheckedPretrainedWeightsMixin, SafeCheckpointMixin,
+                            nnUNetTrainer):
     """MAE pretraining with the paper's defaults (see the module docstring and :class:`MAEConfig`)."""
 
     mae_config: MAEConfig = MAEConfig()
