@@ -669,7 +669,8 @@ def label_efficiency(
     d["replicates"] = [{"replicate": k, "seed": replicate_seed(seed, k),
                         "used_for": "subset draws (fractions < 1, K-shot) and training seed (NNUNETV2_PETCT_SEED)"}
                        for k in range(int(seeds))]
-    d["methods"] = {m: {"trainer": trainers[m], "recipe": _recipe(m)} for m in methods}
+    d["methods"] = {m: {"trainer": trainers[m], "recipe": _recipe(m, trainers[m]),
+                        "schedule": _schedule(trainers[m])} for m in methods}
     d["leakage_check"] = leakage
     d["late_fusion_checkpoint"] = str(late_fusion_file) if late_fusion_file else None
     write_json_atomic(d, out / DESIGN_FILE)
@@ -747,10 +748,27 @@ def label_efficiency(
     return run_rows
 
 
-def _recipe(method: str) -> str:
+def _schedule(trainer: str) -> dict | None:
+    """What ``trainer`` really trains with (peak lr, warm-up, epochs x iterations), None if it is not ours."""
+    from nnunetv2_petct.nnunet.registry import find_trainer_class
+    from nnunetv2_petct.nnunet.trainers.finetune import trainer_schedule
+
+    cls = find_trainer_class(trainer)
+    return trainer_schedule(cls) if cls is not None else None
+
+
+def _recipe(method: str, trainer: str) -> str:
+    """The method's recipe (``METHOD_RECIPES``: the full-length one and why) and, from the trainer class, the
+    schedule this grid really ran (short variants such as ``_cpu1h`` differ from the full recipe)."""
     from nnunetv2_petct.nnunet.trainers.finetune import METHOD_RECIPES
 
-    return METHOD_RECIPES.get(method, "")
+    text = METHOD_RECIPES.get(method, "")
+    s = _schedule(trainer)
+    if s is None:
+        return text
+    ran = (f"as run by `{trainer}`: peak lr {s['peak_lr']:g}, warm-up {s['warmup_epochs']} epoch(s), "
+           f"{s['epochs']} x {s['iterations_per_epoch']} it.")
+    return f"{text}; **{ran}**" if text else ran
 
 
 def _num(v) -> float:

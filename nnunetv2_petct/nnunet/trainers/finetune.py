@@ -168,6 +168,35 @@ class FlexibleChannelsMixin:
         super().initialize()
 
 
+def warmup_epochs_for(num_epochs: int, warmup_fraction: float, min_warmup_epochs: int = 1) -> int:
+    """Warm-up length in epochs: 0 when ``warmup_fraction <= 0``, otherwise
+    ``max(min_warmup_epochs, round(num_epochs * warmup_fraction))``."""
+    if warmup_fraction <= 0:
+        return 0
+    return max(int(min_warmup_epochs), int(round(num_epochs * warmup_fraction)))
+
+
+NNUNET_PEAK_LR, NNUNET_EPOCHS, NNUNET_ITERATIONS_PER_EPOCH = 1e-2, 1000, 250
+"""nnU-Net's defaults (``nnUNetTrainer.__init__``), for trainers that keep them."""
+
+
+def trainer_schedule(trainer_class: type) -> dict:
+    """The optimisation schedule a trainer class trains with, read from its class attributes (no instance):
+    ``peak_lr``, ``warmup_epochs``, ``epochs``, ``iterations_per_epoch``. Short variants
+    (:class:`TinyScheduleMixin`: ``_tiny``, ``_demo``, ``_cpu1h``, ``_bench``) give their own epochs and
+    iterations; :class:`FinetuneScheduleMixin` its peak and warm-up; otherwise nnU-Net's defaults (1e-2, no
+    warm-up, 1000 x 250). A subclass that changes these in ``__init__`` is not seen."""
+    short = issubclass(trainer_class, TinyScheduleMixin)
+    epochs = int(trainer_class.tiny_num_epochs) if short else NNUNET_EPOCHS
+    iterations = int(trainer_class.tiny_iterations_per_epoch) if short else NNUNET_ITERATIONS_PER_EPOCH
+    if issubclass(trainer_class, FinetuneScheduleMixin):
+        peak = float(trainer_class.finetune_initial_lr)
+        warmup = warmup_epochs_for(epochs, trainer_class.warmup_fraction, trainer_class.min_warmup_epochs)
+    else:
+        peak, warmup = NNUNET_PEAK_LR, 0
+    return {"peak_lr": peak, "warmup_epochs": warmup, "epochs": epochs, "iterations_per_epoch": iterations}
+
+
 class FinetuneScheduleMixin:
     """SGD (nnU-Net's), peak lr :attr:`finetune_initial_lr`, linear warm-up, then poly (see module doc).
 
@@ -180,9 +209,7 @@ class FinetuneScheduleMixin:
 
     @property
     def warmup_epochs(self) -> int:
-        if self.warmup_fraction <= 0:
-            return 0
-        return max(self.min_warmup_epochs, int(round(self.num_epochs * self.warmup_fraction)))
+        return warmup_epochs_for(self.num_epochs, self.warmup_fraction, self.min_warmup_epochs)
 
     def initialize(self):
         if not self.was_initialized:
@@ -560,6 +587,7 @@ NEEDS_SEPARATED = {"late_fusion_probe"}
 
 __all__ = [
     "FINETUNE_PEAK_LR",
+    "NNUNET_PEAK_LR",
     "METHOD_RECIPES",
     "NEEDS_PRETRAINED",
     "NEEDS_SEPARATED",
@@ -581,5 +609,7 @@ __all__ = [
     "nnUNetTrainerPETCTScratchLR1e3",
     "nnUNetTrainerPETCTScratchLR1e3_tiny",
     "nnUNetTrainerPETCTScratch_tiny",
+    "trainer_schedule",
+    "warmup_epochs_for",
     "warmup_poly_lr",
 ]
