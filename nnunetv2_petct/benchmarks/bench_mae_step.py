@@ -28,11 +28,12 @@ from types import SimpleNamespace
 
 import torch
 
+from nnunetv2_petct.transfer.architecture import paper_architecture
+
 
 def default_plans(device: str = "cpu") -> dict:
     """A minimal nnU-Net plans dict with one ``3d_fullres`` PlainConvUNet configuration (see module doc)."""
     patch = [96, 128, 128] if str(device).startswith("cuda") else [64, 64, 64]
-    n_stages = 6
     return {
         "dataset_name": "Dataset000_Benchmark",
         "plans_name": "nnUNetPlans",
@@ -54,26 +55,7 @@ def default_plans(device: str = "cpu") -> dict:
                 "normalization_schemes": ["CTNormalization", "ZScoreNormalization"],
                 "use_mask_for_norm": [False, False],
                 "batch_dice": False,
-                "architecture": {
-                    "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-                    "arch_kwargs": {
-                        "n_stages": n_stages,
-                        "features_per_stage": [32, 64, 128, 256, 320, 320],
-                        "conv_op": "torch.nn.modules.conv.Conv3d",
-                        "kernel_sizes": [[3, 3, 3]] * n_stages,
-                        "strides": [[1, 1, 1]] + [[2, 2, 2]] * (n_stages - 1),
-                        "n_conv_per_stage": [2] * n_stages,
-                        "n_conv_per_stage_decoder": [2] * (n_stages - 1),
-                        "conv_bias": True,
-                        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-                        "norm_op_kwargs": {"eps": 1e-05, "affine": True},
-                        "dropout_op": None,
-                        "dropout_op_kwargs": None,
-                        "nonlin": "torch.nn.LeakyReLU",
-                        "nonlin_kwargs": {"inplace": True},
-                    },
-                    "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
-                },
+                "architecture": paper_architecture(),  # the paper's 6-stage PlainConvUNet
             }
         },
     }
