@@ -398,12 +398,14 @@ def atomic_directory(path: str | os.PathLike, *, overwrite: bool = False, tmp_di
     try:
         stage.mkdir(parents=True)
     except OSError as e:
-        raise WriteError(f"cannot write {final}: {e.strerror or e}") from None
+        raise _write_error(f"cannot write {final}: {describe_os_error(e)}", e) from None
     try:
         try:
             yield stage
+        except WriteError:
+            raise  # already names its file and keeps its errno
         except OSError as e:
-            raise WriteError(f"cannot write {final}: {e.strerror or e}") from e
+            raise _write_error(f"cannot write {final}: {describe_os_error(e)}", e) from e
         current = stage
         try:
             for f in sorted(p for p in stage.rglob("*") if p.is_file()):
@@ -427,7 +429,7 @@ def atomic_directory(path: str | os.PathLike, *, overwrite: bool = False, tmp_di
         except IncompleteFileError as e:
             raise WriteError(f"writing {final} failed: {e} (disk full?)") from None
         except OSError as e:
-            raise WriteError(f"cannot write {current}: {e.strerror or e}") from None
+            raise _write_error(f"cannot write {current}: {describe_os_error(e)}", e) from None
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:

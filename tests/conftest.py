@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -76,3 +78,14 @@ def tiny_dataset(tiny_planned) -> TinyDataset:
     run([cli("nnUNetv2_preprocess"), "-d", str(d.dataset_id), "-c", "3d_fullres", "-np", "2"],
         {**d.env, "nnUNet_n_proc_DA": "2"}, timeout=900)
     return d
+
+
+def tree_fingerprint(root: Path) -> dict[str, tuple[int, int, str]]:
+    """Relative path -> (size, mtime_ns, sha1) of every file under ``root`` (to prove it is untouched)."""
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for fn in files:
+            p = Path(dirpath, fn)
+            st = p.stat()
+            out[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns, hashlib.sha1(p.read_bytes()).hexdigest())
+    return out

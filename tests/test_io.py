@@ -67,6 +67,24 @@ def test_atomic_directory_appears_whole_or_not_at_all(tmp_path):
     assert sorted(p.name for p in final.parent.iterdir()) == ["study"]
 
 
+def test_atomic_directory_keeps_the_errno_of_a_failed_write(tmp_path):
+    """Callers tell a full disk from other failures by ``WriteError.errno`` (FATAL_WRITE_ERRNOS)."""
+    import errno
+
+    final = tmp_path / "study"
+    with pytest.raises(pio.WriteError, match="disk full") as info:
+        with pio.atomic_directory(final):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert info.value.errno == errno.ENOSPC and not final.exists()
+    # a WriteError of a nested atomic write passes through unchanged (its file name and errno)
+    inner = pio._write_error("cannot write x.nii.gz: quota", OSError(errno.EDQUOT, "quota"))
+    with pytest.raises(pio.WriteError) as info:
+        with pio.atomic_directory(final):
+            raise inner
+    assert info.value is inner and info.value.errno == errno.EDQUOT
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no staging folder left
+
+
 def test_atomic_write_refuses_a_short_nifti_and_keeps_the_old_file(tmp_path):
     import SimpleITK as sitk
 

@@ -761,10 +761,11 @@ def options_key(options: ConversionOptions) -> dict:
 
 
 def reuse_problem(dataset_dir: Path, case_id: str, fingerprint: Mapping[str, Any],
-                  options: ConversionOptions) -> str | None:
+                  options: ConversionOptions | None = None) -> str | None:
     """None when the finished case ``case_id`` can be reused; else why it must be (re)converted:
     not finished, its record unreadable, converted without a fingerprint (older version), from a source
-    that changed (path, file sizes or times), or with other options."""
+    that changed (path, file sizes or times), or with other ``options`` (None: not compared, e.g. when the
+    fingerprint holds them, as for pretraining cases)."""
     dataset_dir = Path(dataset_dir)
     if not is_case_done(dataset_dir, case_id):
         return "not converted yet"
@@ -779,7 +780,7 @@ def reuse_problem(dataset_dir: Path, case_id: str, fingerprint: Mapping[str, Any
         return "the source path changed"
     if old != dict(fingerprint):
         return "the source files changed (size or modification time)"
-    if record.get("conversion_options") != options_key(options):
+    if options is not None and record.get("conversion_options") != options_key(options):
         return "converted with other options"
     return None
 

@@ -49,7 +49,6 @@ from nnunetv2_petct.conversion.core import (
     files_fingerprint,
     finalize_dataset,
     finished_case_ids,
-    is_case_done,
     marker_payload,
     orphan_files,
     output_failure_reason,
@@ -57,16 +56,15 @@ from nnunetv2_petct.conversion.core import (
     read_image,
     read_manifest,
     remove_case,
+    reuse_problem,
     write_marker,
 )
 from nnunetv2_petct.conversion.registry import dataset_folder, find_dataset_dir, resolve_raw_dir
 from nnunetv2_petct.io import (
-    IncompleteFileError,
     WriteError,
     atomic_write,
     probe_writable_dir,
     read_case_list,
-    read_json,
     run_parallel,
     write_json_atomic,
     write_text_atomic,
@@ -137,22 +135,6 @@ def pretraining_fingerprint(src_dir: str | os.PathLike, case_id: str, crop: bool
     return fp
 
 
-def _reusable(out: Path, new_id: str, fingerprint: dict) -> str | None:
-    """None when the finished pretraining case can be kept, else why it is rebuilt."""
-    if not is_case_done(out, new_id):
-        return "not built yet"
-    try:
-        rec = read_json(case_paths(out, new_id)["record"], "manifest record")
-    except IncompleteFileError:
-        return "its manifest record is unreadable"
-    old = rec.get("source_fingerprint")
-    if not isinstance(old, dict):
-        return "built without a source fingerprint (older version)"
-    if old != fingerprint:
-        return "its source case or the options changed"
-    return None
-
-
 def assemble_one(src_dir: str, record: dict, out_dir: str, new_id: str, crop: bool, margin_vox: int,
                  overwrite: bool, fingerprint: dict | None = None) -> CaseResult:
     """Put one converted case into the pretraining dataset (worker function; never raises).
@@ -168,7 +150,7 @@ def assemble_one(src_dir: str, record: dict, out_dir: str, new_id: str, crop: bo
     src = case_paths(Path(src_dir), record["case_id"])
     dst = case_paths(out, new_id)
     fingerprint = fingerprint or pretraining_fingerprint(src_dir, record["case_id"], crop, margin_vox)
-    if not overwrite and _reusable(out, new_id, fingerprint) is None:
+    if not overwrite and reuse_problem(out, new_id, fingerprint) is None:
         return CaseResult(new_id, "existing", str(src["ct"].parent))
     try:
         if dst["record"].exists():
@@ -357,7 +339,7 @@ def build_pretraining_dataset(dataset_id: int, from_datasets: Sequence[int | str
     todo, kept = [], []
     for t in tasks:
         fp = pretraining_fingerprint(t[0], t[1]["case_id"], crop, body_margin_vox)
-        if not overwrite and _reusable(out_dir, t[3], fp) is None:
+        if not overwrite and reuse_problem(out_dir, t[3], fp) is None:
             kept.append(t[3])
         else:
             todo.append((*t[:6], True, fp))

@@ -669,8 +669,9 @@ def label_efficiency(
     d["replicates"] = [{"replicate": k, "seed": replicate_seed(seed, k),
                         "used_for": "subset draws (fractions < 1, K-shot) and training seed (NNUNETV2_PETCT_SEED)"}
                        for k in range(int(seeds))]
-    d["methods"] = {m: {"trainer": trainers[m], "recipe": _recipe(m, trainers[m]),
-                        "schedule": _schedule(trainers[m])} for m in methods}
+    schedules = {m: _schedule(trainers[m]) for m in methods}
+    d["methods"] = {m: {"trainer": trainers[m], "recipe": _recipe(m, trainers[m], schedules[m]),
+                        "schedule": schedules[m]} for m in methods}
     d["leakage_check"] = leakage
     d["late_fusion_checkpoint"] = str(late_fusion_file) if late_fusion_file else None
     write_json_atomic(d, out / DESIGN_FILE)
@@ -757,13 +758,13 @@ def _schedule(trainer: str) -> dict | None:
     return trainer_schedule(cls) if cls is not None else None
 
 
-def _recipe(method: str, trainer: str) -> str:
-    """The method's recipe (``METHOD_RECIPES``: the full-length one and why) and, from the trainer class, the
-    schedule this grid really ran (short variants such as ``_cpu1h`` differ from the full recipe)."""
+def _recipe(method: str, trainer: str, schedule: dict | None) -> str:
+    """The method's recipe (``METHOD_RECIPES``: the full-length one and why) and ``schedule`` (:func:`_schedule`),
+    what this grid's trainer really ran (short variants such as ``_cpu1h`` differ from the full recipe)."""
     from nnunetv2_petct.nnunet.trainers.finetune import METHOD_RECIPES
 
     text = METHOD_RECIPES.get(method, "")
-    s = _schedule(trainer)
+    s = schedule
     if s is None:
         return text
     ran = (f"as run by `{trainer}`: peak lr {s['peak_lr']:g}, warm-up {s['warmup_epochs']} epoch(s), "

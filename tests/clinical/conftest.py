@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import copy
-import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
+from tests.conftest import tree_fingerprint  # noqa: F401 - re-exported for this folder's tests
 
 SPHERE_SUV = 6.0
 HOT_SUV = 10.0
@@ -73,17 +73,6 @@ class MaskPredictor:
             out = sitk.GetImageFromArray(self.make_mask(pet).astype(np.uint8))
             out.CopyInformation(pet)
             sitk.WriteImage(out, str(Path(output_dir) / f"{name}.nii.gz"), True)
-
-
-def tree_fingerprint(root: Path) -> dict[str, tuple[int, int, str]]:
-    """Relative path -> (size, mtime_ns, sha1) of every file under ``root`` (to prove it is untouched)."""
-    out = {}
-    for dirpath, _, files in os.walk(root):
-        for fn in files:
-            p = Path(dirpath, fn)
-            st = p.stat()
-            out[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns, hashlib.sha1(p.read_bytes()).hexdigest())
-    return out
 
 
 @pytest.fixture(scope="module")

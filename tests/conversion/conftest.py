@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import tree_fingerprint  # noqa: F401 - re-exported for this folder's tests
 
 
 @pytest.fixture(scope="session")
@@ -17,17 +17,6 @@ def phantom_cases():
     cases = make_cohort(4, seed=7, size="tiny", lesion_free_fraction=0.25, prefix="ph", n_patients=3)
     assert sum(c.lesion_free for c in cases) == 1
     return cases
-
-
-def tree_fingerprint(root: Path) -> dict[str, tuple[int, int, str]]:
-    """Relative path -> (size, mtime_ns, sha1) of every file under ``root`` (to prove it is untouched)."""
-    out = {}
-    for dirpath, _, files in os.walk(root):
-        for fn in files:
-            p = Path(dirpath, fn)
-            st = p.stat()
-            out[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns, hashlib.sha1(p.read_bytes()).hexdigest())
-    return out
 
 
 @pytest.fixture()

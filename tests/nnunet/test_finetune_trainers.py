@@ -396,7 +396,7 @@ def test_training_seed_comes_from_the_environment():
 
 def test_trainer_schedule_reads_what_each_variant_really_runs():
     """The label-efficiency table names the schedule a column really ran; short variants differ from the recipe."""
-    from nnunetv2_petct.nnunet.label_efficiency import _recipe
+    from nnunetv2_petct.nnunet.label_efficiency import _recipe, _schedule
     from nnunetv2_petct.nnunet.trainers.base import nnUNetTrainerPETCT_tiny
     from nnunetv2_petct.nnunet.trainers.demo import (
         nnUNetTrainerPETCTFinetune_cpu1h,
@@ -417,9 +417,10 @@ def test_trainer_schedule_reads_what_each_variant_really_runs():
     assert sched(nnUNetTrainerPETCT_tiny) == (1e-2, 0, 2, 2)  # nnU-Net's rate, the tiny length
     assert sched(nnUNetTrainerPETCTFinetune_cpu1h) == (1e-2, 2, 32, 25)  # round(32 * 0.05) = 2
     assert sched(nnUNetTrainerPETCTScratch_demo) == (1e-2, 3, 60, 25)  # round(60 * 0.05) = 3
-    text = _recipe("pretrained", "nnUNetTrainerPETCTFinetune_cpu1h")
+    text = _recipe("pretrained", "nnUNetTrainerPETCTFinetune_cpu1h", _schedule("nnUNetTrainerPETCTFinetune_cpu1h"))
     assert text.startswith("fine-tuned from the joint CT+PET foundation model: SGD peak lr 1e-3")  # the full recipe
     assert "as run by `nnUNetTrainerPETCTFinetune_cpu1h`: peak lr 0.01, warm-up 2 epoch(s), 32 x 25 it." in text
     from nnunetv2_petct.nnunet.trainers.finetune import METHOD_RECIPES
 
-    assert _recipe("pretrained", "nnUNetTrainerPETCTNoSuch") == METHOD_RECIPES["pretrained"]  # unknown: recipe only
+    assert _schedule("nnUNetTrainerPETCTNoSuch") is None
+    assert _recipe("pretrained", "nnUNetTrainerPETCTNoSuch", None) == METHOD_RECIPES["pretrained"]  # unknown: recipe only

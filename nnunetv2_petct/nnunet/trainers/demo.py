@@ -35,6 +35,7 @@ from nnunetv2_petct.nnunet.trainers.base import (
     SkipFinalValidationMixin,
     TinyScheduleMixin,
     nnUNetTrainerPETCT,
+    unwrap_network,
 )
 from nnunetv2_petct.nnunet.trainers.finetune import (
     nnUNetTrainerPETCTFinetune,
@@ -101,9 +102,7 @@ class OutputPriorInitMixin:
         first = not self.was_initialized
         super().initialize()
         if first:
-            mod = self.network.module if hasattr(self.network, "module") else self.network
-            mod = getattr(mod, "_orig_mod", mod)
-            n = set_output_prior(mod, self.output_prior, regions=self.label_manager.has_regions)
+            n = set_output_prior(unwrap_network(self.network), self.output_prior, regions=self.label_manager.has_regions)
             self.print_to_log_file(f"output layers ({n}) start at the foreground prior {self.output_prior}")
 
 

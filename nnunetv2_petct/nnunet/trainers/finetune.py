@@ -84,6 +84,7 @@ from nnunetv2_petct.nnunet.trainers.base import (  # noqa: F401 - SkipFinalValid
     SkipFinalValidationMixin,
     TinyScheduleMixin,
     nnUNetTrainerPETCT,
+    unwrap_network,
 )
 from nnunetv2_petct.nnunet.trainers.base import pretrained_file_from_argv as _pretrained_file_from_argv
 from nnunetv2_petct.transfer.foundation import normalization_mismatch, read_adaptation_plan
@@ -143,11 +144,6 @@ class WarmupPolyLRScheduler(_LRScheduler):
 
     def get_last_lr(self):
         return self._last_lr
-
-
-def _plain_module(network):
-    mod = network.module if hasattr(network, "module") and isinstance(network.module, torch.nn.Module) else network
-    return getattr(mod, "_orig_mod", mod)
 
 
 # ---------------------------------------------------------------------------------------- mixins
@@ -217,7 +213,7 @@ class FinetuneScheduleMixin:
         super().initialize()
 
     def configure_optimizers(self):
-        params = [p for p in _plain_module(self.network).parameters() if p.requires_grad]
+        params = [p for p in unwrap_network(self.network).parameters() if p.requires_grad]
         if not params:
             raise RuntimeError(f"{self.__class__.__name__}: no trainable parameter")
         optimizer = torch.optim.SGD(params, self.initial_lr, weight_decay=self.weight_decay, momentum=0.99,
@@ -248,10 +244,10 @@ class PretrainedWeightsPolicyMixin:
         first = not self.was_initialized
         super().initialize()
         if first:
-            self._petct_init_digest = tensor_digest(_plain_module(self.network))
+            self._petct_init_digest = tensor_digest(unwrap_network(self.network))
 
     def _pretrained_loaded(self) -> bool:
-        return tensor_digest(_plain_module(self.network)) != self._petct_init_digest
+        return tensor_digest(unwrap_network(self.network)) != self._petct_init_digest
 
     def _check_pretrained_policy(self) -> None:
         loaded = self._pretrained_loaded()
@@ -285,7 +281,7 @@ class PretrainedWeightsPolicyMixin:
             "continued_from_epoch": int(self.current_epoch) if continued else None,
             "pretrained_weights_file": os.path.abspath(argv_file) if argv_file else None,
             "digest_random_init": self._petct_init_digest,
-            "digest_at_train_start": tensor_digest(_plain_module(self.network)),
+            "digest_at_train_start": tensor_digest(unwrap_network(self.network)),
             "detection": "SHA-1 of the non-output weights after initialize() vs at on_train_start(); "
                          "file name from sys.argv",
         }
@@ -328,7 +324,7 @@ class FreezeMixin:
         raise NotImplementedError
 
     def _apply_freeze(self) -> None:
-        mod = _plain_module(self.network)
+        mod = unwrap_network(self.network)
         for p in mod.parameters():
             p.requires_grad_(False)
         for p in self.trainable_parameters(mod):
@@ -339,14 +335,14 @@ class FreezeMixin:
         return super().configure_optimizers()
 
     def _frozen_state(self) -> dict:
-        mod = _plain_module(self.network)
+        mod = unwrap_network(self.network)
         sd = mod.state_dict(keep_vars=True)
         return {k: v for k, v in sd.items() if not (isinstance(v, torch.nn.Parameter) and v.requires_grad)}
 
     def _set_frozen_modules_to_eval(self) -> None:
         """Leaf modules: with parameters -> train mode iff one of them trains; without (norm without
         affine, dropout, activation) -> train mode iff their parent module has a trainable parameter."""
-        mod = _plain_module(self.network)
+        mod = unwrap_network(self.network)
         parents = {}
         for m in mod.modules():
             for child in m.children():
@@ -364,8 +360,8 @@ class FreezeMixin:
     def on_train_start(self):
         super().on_train_start()
         self._petct_frozen_digest = tensor_digest(self._frozen_state(), skip_output=False)
-        n_train = sum(p.numel() for p in _plain_module(self.network).parameters() if p.requires_grad)
-        n_all = sum(p.numel() for p in _plain_module(self.network).parameters())
+        n_train = sum(p.numel() for p in unwrap_network(self.network).parameters() if p.requires_grad)
+        n_all = sum(p.numel() for p in unwrap_network(self.network).parameters())
         self.print_to_log_file(f"frozen: {n_all - n_train} of {n_all} parameters; trainable: {n_train}")
 
     def on_train_epoch_start(self):

@@ -74,7 +74,6 @@ from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import distributed as dist
-from torch._dynamo import OptimizedModule
 
 from nnunetv2_petct.io import atomic_write, write_json_atomic
 from nnunetv2_petct.nnunet.trainers.base import (
@@ -83,6 +82,7 @@ from nnunetv2_petct.nnunet.trainers.base import (
     SafeCheckpointMixin,
     TinyScheduleMixin,
     TrainingSeedMixin,
+    unwrap_network,
 )
 from nnunetv2_petct.pretraining.mae import (
     PAPER_BLOCK_SIZE,
@@ -366,12 +366,6 @@ class nnUNetTrainerPETCTMAE(TrainingSeedMixin, PETCTChannelCheckMixin, CheckedPr
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _unwrapped_network(self) -> torch.nn.Module:
-        mod = self.network.module if self.is_ddp else self.network
-        if isinstance(mod, OptimizedModule):
-            mod = mod._orig_mod
-        return mod
-
     def mae_state(self) -> dict:
         """What ``--c`` needs beyond nnU-Net's checkpoint (masks are reseeded from seed, rank and epoch)."""
         return {
@@ -474,7 +468,7 @@ class nnUNetTrainerPETCTMAE(TrainingSeedMixin, PETCTChannelCheckMixin, CheckedPr
         if self.local_rank != 0:
             return None
         ckpt = build_foundation_checkpoint(
-            self._unwrapped_network().state_dict(), self.plans_manager.plans, self.configuration_name,
+            unwrap_network(self.network).state_dict(), self.plans_manager.plans, self.configuration_name,
             len(self.mae_config.input_channels), self.foundation_metadata(epoch), self.network_channel_names())
         path = save_foundation_checkpoint(ckpt, join(self.output_folder, name))
         self.print_to_log_file(f"foundation checkpoint written: {path}")
@@ -516,7 +510,7 @@ class nnUNetTrainerPETCTMAE(TrainingSeedMixin, PETCTChannelCheckMixin, CheckedPr
             return
         if self.dataset_class is None:
             self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
-        network = self._unwrapped_network()
+        network = unwrap_network(self.network)
         network.eval()
         cfg = self.mae_config
         _, val_keys = self.do_split()
