@@ -437,6 +437,18 @@ def atomic_directory(path: str | os.PathLike, *, overwrite: bool = False, tmp_di
             shutil.rmtree(stage, ignore_errors=True)
 
 
+def csv_text(rows: Sequence[Mapping], columns: Sequence[str], cell: Callable[[Any], Any] | None = None) -> str:
+    """CSV text of ``rows`` in ``columns`` order, with a header line and ``\n`` line ends. A missing key or
+    None is an empty cell; ``cell`` converts every other value (default: written as is)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    for r in rows:
+        values = (r.get(c) for c in columns)
+        w.writerow(["" if v is None else (cell(v) if cell is not None else v) for v in values])
+    return buf.getvalue()
+
+
 def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically and verified (see :func:`atomic_write`)."""
     path = Path(path)

@@ -296,3 +296,11 @@ def _record_and_sleep(pid_file):
         f.write(f"{os.getpid()}\n")
     time.sleep(30)
     return os.getpid()
+
+
+def test_csv_text_empty_cells_and_cell_conversion():
+    rows = [{"a": 1, "b": None, "c": True}, {"a": 2.5, "c": False}]  # second row lacks "b"
+    assert pio.csv_text(rows, ["a", "b", "c"]) == "a,b,c\n1,,True\n2.5,,False\n"
+    as_int = pio.csv_text(rows, ["c", "a"], cell=lambda v: int(v) if isinstance(v, bool) else v)
+    assert as_int == "c,a\n1,1\n0,2.5\n"
+    assert pio.csv_text([], ["x"]) == "x\n"

@@ -20,8 +20,6 @@ cases each mean is over.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 import os
@@ -33,6 +31,7 @@ import numpy as np
 from nnunetv2_petct.io import (
     IncompleteFileError,
     check_nifti_gz_complete,
+    csv_text,
     describe_itk_error,
     fmt_number,
     jsonable,
@@ -304,12 +303,7 @@ def summary_markdown(summary: dict) -> str:
 
 # ----------------------------------------------------------------------------------------------- output
 def _csv_text(rows: Sequence[dict], columns: Sequence[str]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(columns)
-    for r in rows:
-        w.writerow([int(r[c]) if isinstance(r[c], bool) else r[c] for c in columns])
-    return buf.getvalue()
+    return csv_text(rows, columns, cell=lambda v: int(v) if isinstance(v, bool) else v)
 
 
 def evaluate_folders(

@@ -15,14 +15,14 @@ SUVmean, SUVpeak, MTV and TLG); this module adds what a per-study report needs a
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from nnunetv2_petct.io import csv_text as io_csv_text
 
 DEFAULT_MIN_VOLUME_ML = 0.1
 
@@ -142,10 +142,5 @@ def lesion_csv_row(lesion: Mapping) -> dict:
 
 
 def csv_text(rows: Sequence[Mapping], columns: Sequence[str]) -> str:
-    """CSV text with a header line; missing keys and non-finite floats are empty cells."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(columns)
-    for r in rows:
-        w.writerow([_round(r.get(c, ""), 6) for c in columns])
-    return buf.getvalue()
+    """CSV text with a header line; missing keys and non-finite floats are empty cells (floats: 6 decimals)."""
+    return io_csv_text(rows, columns, cell=lambda v: _round(v, 6))

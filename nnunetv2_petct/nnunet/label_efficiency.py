@@ -69,7 +69,6 @@ and evaluates finished runs.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import logging
 import math
@@ -82,7 +81,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from nnunetv2_petct.io import fmt_number, write_json_atomic, write_text_atomic
+from nnunetv2_petct.io import csv_text, fmt_number, write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -979,15 +978,6 @@ def table_markdown(summary_rows: Sequence[Mapping], paired_rows: Sequence[Mappin
     return "\n".join(lines) + "\n"
 
 
-def _csv_text(rows: Sequence[Mapping], columns: Sequence[str]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(columns)
-    for r in rows:
-        w.writerow(["" if r.get(c) is None else r.get(c) for c in columns])
-    return buf.getvalue()
-
-
 def write_table(run_rows: Sequence[Mapping], case_rows: Sequence[Mapping], out_dir: str | os.PathLike,
                 design: Mapping | None = None, n_resamples: int = 10_000) -> dict[str, Path]:
     """Write the CSVs, ``label_efficiency.md`` and the Dice-vs-fraction plot (error bars: sd over seeds);
@@ -1002,10 +992,10 @@ def write_table(run_rows: Sequence[Mapping], case_rows: Sequence[Mapping], out_d
                                 seed=int(design.get("seed", 0)) if design else 0)
     paths = {"csv": out / TABLE_CSV, "runs": out / RUNS_CSV, "summary": out / SUMMARY_CSV, "paired": out / PAIRED_CSV,
              "md": out / TABLE_MD}
-    write_text_atomic(_csv_text(case_rows, CASE_ROW_COLUMNS), paths["csv"])
-    write_text_atomic(_csv_text(run_rows, RUN_COLUMNS), paths["runs"])
-    write_text_atomic(_csv_text(summary, SUMMARY_COLUMNS), paths["summary"])
-    write_text_atomic(_csv_text(paired, PAIRED_COLUMNS), paths["paired"])
+    write_text_atomic(csv_text(case_rows, CASE_ROW_COLUMNS), paths["csv"])
+    write_text_atomic(csv_text(run_rows, RUN_COLUMNS), paths["runs"])
+    write_text_atomic(csv_text(summary, SUMMARY_COLUMNS), paths["summary"])
+    write_text_atomic(csv_text(paired, PAIRED_COLUMNS), paths["paired"])
     write_text_atomic(table_markdown(summary, paired, design, run_rows), paths["md"])
     # shots subsets stay in the table only: their effective fraction could coincide with a fraction subset
     plottable = [{"fraction": r["fraction"], "method": r["method"], "dice": r["dice_mean"], "dice_std": r["dice_sd"]}
