@@ -34,7 +34,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import pickle
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -58,6 +57,12 @@ from nnunetv2_petct.transfer.foundation import (
     FORMAT_VERSION,
     build_foundation_checkpoint,
     save_foundation_checkpoint,
+)
+from nnunetv2_petct.transfer.weights import (
+    CorruptCheckpointError,
+    UnsafeCheckpointError,
+    check_checkpoint_file,
+    read_checkpoint_safely,
 )
 
 logger = logging.getLogger(__name__)
@@ -107,16 +112,20 @@ def load_source(path: str | os.PathLike, trust_pickle: bool = False) -> Any:
     Raises FileNotFoundError, or WeightsImportError when the file needs full unpickling (it could run code:
     pass ``trust_pickle`` only for files from a source you trust) or is not a torch file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"file to import not found: {path}")
+    if not trust_pickle:
+        try:
+            return read_checkpoint_safely(path)
+        except UnsafeCheckpointError as e:
+            raise WeightsImportError(
+                f"{path} holds objects that torch.load(weights_only=True) refuses ({e.reason}). If you trust the file's "
+                f"source, import it with --trust-pickle (full unpickling can run code)") from e
+        except CorruptCheckpointError as e:
+            raise WeightsImportError(f"{e}; is the download complete?") from e
     try:
-        return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WeightsImportError(
-            f"{path} holds objects that torch.load(weights_only=True) refuses ({first}). If you trust the file's "
-            f"source, import it with --trust-pickle (full unpickling can run code)") from e
+        path = check_checkpoint_file(path)
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except CorruptCheckpointError as e:
+        raise WeightsImportError(f"{e}; is the download complete?") from e
     except Exception as e:  # noqa: BLE001 - not a torch file, truncated download, ...
         raise WeightsImportError(f"{path} cannot be read by torch.load ({type(e).__name__}: {e}); is the download "
                                  f"complete?") from e

@@ -76,7 +76,11 @@ class IncompatibleCheckpointError(ValueError):
 
 class UnsafeCheckpointError(IncompatibleCheckpointError):
     """Loading the file would unpickle Python objects (which can run code); refused. The message says how to
-    convert a trusted file."""
+    convert a trusted file; ``reason`` is what was found (e.g. "it references numpy.dtype")."""
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class CorruptCheckpointError(IncompatibleCheckpointError):
@@ -90,24 +94,14 @@ def _convert_hint(path: Path) -> str:
             f"{TRUST_CHECKPOINT_ENV}=1 to let nnU-Net load it as it is).")
 
 
-def read_checkpoint_safely(path: str | os.PathLike, map_location: Any = "cpu",
-                           allow_numpy_scalars: bool = False) -> Any:
-    """``torch.load(path, weights_only=True)``, with one message naming the file for each way it fails.
-
-    Never runs code stored in the file. ``allow_numpy_scalars`` additionally accepts numpy scalars and
-    dtypes (what nnU-Net's own training checkpoints of older versions hold; rebuilding them runs no
-    code of the file).
+def check_checkpoint_file(path: str | os.PathLike) -> Path:
+    """The checks before any ``torch.load`` (nothing is unpickled): the file exists, is not a folder, not
+    empty, and is a complete ``torch.save`` zip archive or starts like a pickle. Returns the path.
 
     Raises:
         FileNotFoundError: no such file.
-        CorruptCheckpointError: a folder, an empty file, a truncated/corrupt ``torch.save`` zip archive, a
-            text file, or bytes of an unknown format.
-        UnsafeCheckpointError: a pickle that references Python classes or functions outside torch's
-            allow-list (the offending global is named) or a legacy pickle the safe loader cannot read;
-            the message says how to convert a trusted file.
+        CorruptCheckpointError: a folder, an empty file, a truncated zip archive, a text file or unknown bytes.
     """
-    import torch
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -130,6 +124,28 @@ def read_checkpoint_safely(path: str | os.PathLike, map_location: Any = "cpu",
         kind = "a text file" if printable > 0.95 else "in an unknown format"
         raise CorruptCheckpointError(f"{path} is not a PyTorch checkpoint: it is {kind} ({size} bytes; a "
                                      f"torch.save file is a zip archive or a pickle)")
+    return path
+
+
+def read_checkpoint_safely(path: str | os.PathLike, map_location: Any = "cpu",
+                           allow_numpy_scalars: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)``, with one message naming the file for each way it fails.
+
+    Never runs code stored in the file. ``allow_numpy_scalars`` additionally accepts numpy scalars and
+    dtypes (what nnU-Net's own training checkpoints of older versions hold; rebuilding them runs no
+    code of the file).
+
+    Raises:
+        FileNotFoundError: no such file.
+        CorruptCheckpointError: a folder, an empty file, a truncated/corrupt ``torch.save`` zip archive, a
+            text file, or bytes of an unknown format.
+        UnsafeCheckpointError: a pickle that references Python classes or functions outside torch's
+            allow-list (the offending global is named) or a legacy pickle the safe loader cannot read;
+            the message says how to convert a trusted file.
+    """
+    import torch
+
+    path = check_checkpoint_file(path)
     try:
         if allow_numpy_scalars:
             import numpy as np
@@ -153,7 +169,7 @@ def read_checkpoint_safely(path: str | os.PathLike, map_location: Any = "cpu",
                                          ) from None
         raise UnsafeCheckpointError(
             f"{path} is not a weights-only checkpoint: {what}. Loading it would unpickle Python objects, which "
-            f"can run arbitrary code, so it is refused. {_convert_hint(path)}") from None
+            f"can run arbitrary code, so it is refused. {_convert_hint(path)}", reason=what) from None
     except (RuntimeError, EOFError, ValueError, KeyError, OSError, IndexError) as e:
         first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         raise CorruptCheckpointError(f"{path} is truncated or corrupt ({first}); copy or save it again") from None
@@ -235,11 +251,7 @@ def import_trusted_checkpoint(path: str | os.PathLike) -> dict:
     """
     import torch
 
-    path = Path(path)
-    try:
-        read_checkpoint_safely(path)
-    except UnsafeCheckpointError:
-        pass  # expected: that is why it is imported
+    path = check_checkpoint_file(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - any reader error of a legacy file
