@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from nnunetv2_petct.conversion.registry import find_dataset_dir
-from nnunetv2_petct.nnunet.plans import shrink_plans_file
 
 
 def find_preprocessed_dataset(dataset: str, preprocessed_dir: str | None = None) -> Path:
@@ -41,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     folder = find_preprocessed_dataset(a.dataset, a.preprocessed_dir)
     try:
+        from nnunetv2_petct.nnunet.plans import shrink_plans_file
+
         plans = shrink_plans_file(folder / f"{a.plans}.json", a.configuration, patch_size=a.patch,
                                   n_stages=a.stages, base_features=a.base_features,
                                   max_features=a.max_features, batch_size=a.batch_size)

@@ -20,6 +20,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from nnunetv2_petct.io import write_json_atomic
+from nnunetv2_petct.transfer.architecture import (  # noqa: F401 - PAPER_BATCH_SIZE_FINETUNING re-exported
+    PAPER_BATCH_SIZE_FINETUNING,
+    PAPER_BATCH_SIZE_PRETRAINING,
+    PAPER_PLANS_NAME,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -97,10 +102,6 @@ def shrink_plans_file(plans_file: Path, configuration: str = "3d_fullres", outpu
 # Plans that rebuild a fixed architecture (the paper's, or a foundation checkpoint's) on a dataset
 
 
-PAPER_PLANS_NAME = "nnUNetPlans_paper"
-#: The paper's pretraining batch (its learning rate 5e-4 was chosen for it) and a fine-tuning batch (nnU-Net's).
-PAPER_BATCH_SIZE_PRETRAINING = 16
-PAPER_BATCH_SIZE_FINETUNING = 2
 PLANS_NORMALIZATION_CHOICES = ("nnunet", "pet-global", "zscore-both")
 
 

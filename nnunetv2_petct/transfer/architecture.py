@@ -38,6 +38,10 @@ _SHORT_NAME_MODULE = "dynamic_network_architectures.architectures.unet"
 PAPER_SPACING_MM: tuple[float, float, float] = (3.0, 2.0, 2.0)
 PAPER_PATCH_SIZE: tuple[int, int, int] = (96, 128, 128)
 PAPER_NUM_STAGES = 6
+PAPER_PLANS_NAME = "nnUNetPlans_paper"
+#: The paper's pretraining batch (its learning rate 5e-4 was chosen for it) and a fine-tuning batch (nnU-Net's).
+PAPER_BATCH_SIZE_PRETRAINING = 16
+PAPER_BATCH_SIZE_FINETUNING = 2
 
 #: The paper's U-Net as an nnU-Net plans ``architecture`` entry (see the module docstring).
 PAPER_ARCHITECTURE: dict[str, Any] = {

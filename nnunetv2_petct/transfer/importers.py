@@ -42,8 +42,11 @@ from typing import Any
 
 import torch
 
+from nnunetv2_petct.pretraining.mae import PAPER_BLOCK_SIZE
 from nnunetv2_petct.transfer.architecture import (
+    PAPER_BATCH_SIZE_PRETRAINING,
     PAPER_PATCH_SIZE,
+    PAPER_PLANS_NAME,
     PAPER_SPACING_MM,
     aliases_of,
     build_network,
@@ -223,14 +226,14 @@ def paper_pretrain_plans() -> dict:
     96 x 128 x 128, batch 16, both channels z-scored per image over the whole volume (CT, PET order)."""
     return {
         "dataset_name": "Liu2026_FDG_PETCT_pretraining",
-        "plans_name": "nnUNetPlans_paper",
+        "plans_name": PAPER_PLANS_NAME,
         "transpose_forward": [0, 1, 2],
         "transpose_backward": [0, 1, 2],
         "image_reader_writer": "SimpleITKIO",
         "configurations": {"3d_fullres": {
-            "data_identifier": "nnUNetPlans_paper_3d_fullres",
+            "data_identifier": f"{PAPER_PLANS_NAME}_3d_fullres",
             "preprocessor_name": "DefaultPreprocessor",
-            "batch_size": 16,
+            "batch_size": PAPER_BATCH_SIZE_PRETRAINING,
             "patch_size": list(PAPER_PATCH_SIZE),
             "spacing": list(PAPER_SPACING_MM),
             "normalization_schemes": ["ZScoreNormalization", "ZScoreNormalization"],
@@ -285,7 +288,7 @@ def _liu2026_convert(obj: Mapping[str, Any], source: Mapping[str, Any]) -> dict:
         "channel_order": list(TARGET_CHANNELS),
         "source_channel_order": list(LIU2026_SOURCE_CHANNELS),
         "normalization": "zscore-both",
-        "masking": {"block_size": [12, 16, 16], "mask_ratio": 0.5, "per_channel": True, "visible_weight": 0.2,
+        "masking": {"block_size": list(PAPER_BLOCK_SIZE), "mask_ratio": 0.5, "per_channel": True, "visible_weight": 0.2,
                     "imputation": "zero (mean of z-scored intensities)", "patch_size": list(PAPER_PATCH_SIZE)},
         "preprocessing_of_source": "resampled to 3 x 2 x 2 mm (z, y, x), cropped to the largest CT > -500 HU "
                                    "component + 3 voxels, each channel z-scored over the cropped volume",
