@@ -141,7 +141,7 @@ def _versions() -> dict:
 
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
-    return text if isinstance(exc, (StudyError,)) else f"{type(exc).__name__}: {text}"
+    return text if isinstance(exc, StudyError) else f"{type(exc).__name__}: {text}"
 
 
 def check_run_folders(input_dir: str | os.PathLike, output_dir: str | os.PathLike) -> None:

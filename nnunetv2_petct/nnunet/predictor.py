@@ -95,9 +95,9 @@ class NnUNetLesionPredictor:
         self.npp, self.nps = int(num_processes_preprocessing), int(num_processes_export)
         self.step_size = float(step_size)
         self.quiet = quiet
-        available = _available_folds(self.model_folder, checkpoint)
         missing = [f for f in self.folds if not (self.model_folder / f"fold_{f}" / checkpoint).is_file()]
         if missing:
+            available = _available_folds(self.model_folder, checkpoint)
             raise ModelSelectionError(
                 f"{self.model_folder}: no {checkpoint} for fold(s) {', '.join(missing)} (folds with this checkpoint: "
                 f"{', '.join(available) or 'none'}); choose folds with -f or the checkpoint with -chk")
