@@ -11,7 +11,7 @@ export nnUNet_compile ?= false
 export OMP_NUM_THREADS ?= 2
 export MPLBACKEND ?= Agg
 
-.PHONY: setup test test-fast demo lint bench clean-venv
+.PHONY: setup test test-fast demo demo-interactive lint bench clean-venv
 
 setup: $(STAMP)
 
@@ -34,6 +34,10 @@ test-fast: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m nnunetv2_petct.demo
+
+# The interactive (click-guided) phantom study: about 40 min on 2 CPU cores (see README, docs/benchmarks.md).
+demo-interactive: $(STAMP)
+	$(PY) -m nnunetv2_petct.benchmarks interactive --budget cpu-1h --out demo_interactive
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check nnunetv2_petct trainers dataset_conversion tests

@@ -20,9 +20,12 @@ BENCHMARKS = {
                          "vs step, full-size predict (--tiny: the same at a tiny size, e.g. on a CPU)"),
     "label-efficiency": ("bench_label_efficiency", "phantom label-efficiency study with seeds and statistics "
                                                    "(--budget cpu-1h: about 1 h on 2 CPU cores; gpu)"),
+    "interactive": ("bench_interactive", "phantom click-guided segmentation (autoPET IV protocol, 0..10 clicks): "
+                                         "interactive fine-tuned vs interactive scratch vs non-interactive, 3 seeds "
+                                         "(--budget cpu-1h: about 40 min on 2 CPU cores; gpu)"),
 }
 #: Not part of ``all``: long studies and the GPU check (which repeats mae-step, dataloader and predict).
-NOT_IN_ALL = ("gpu", "label-efficiency")
+NOT_IN_ALL = ("gpu", "label-efficiency", "interactive")
 
 
 def machine() -> dict:
@@ -63,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiny", action="store_true", default=None,
                    help="gpu: the same code path at a tiny size (automatic without a GPU)")
     p.add_argument("--budget", default="cpu-1h", choices=("cpu-1h", "gpu", "tiny"),
-                   help="label-efficiency: cpu-1h (about 1 h on 2 CPU cores), gpu (one GPU), tiny (tests)")
+                   help="label-efficiency / interactive: cpu-1h (about 1 h on 2 CPU cores), gpu (one GPU), tiny (tests)")
     p.add_argument("--out", default=None,
                    help="label-efficiency: output folder (default label_efficiency_benchmark_<budget>; reused)")
     p.add_argument("--jobs", type=int, default=None, help="label-efficiency: training runs side by side")

@@ -33,9 +33,16 @@ output (-o), one folder per study, each written completely or not at all:
 partial CT coverage: where the CT does not reach, the network sees air (-1024 HU) as CT; the study is
 predicted and the report says which axial range had no CT. A CT that misses the PET entirely fails.
 
+interactive (a click-guided model, nnUNetTrainerPETCTInteractive*): --clicks gives each study its clicks
+(clicks.json for a single study, or a folder of <study>.json); a click outside the PET image, a negative
+or non-integer index or a malformed file is named and nothing is written for that study. --autopet-iv
+runs the autoPET IV container layout (/input -> /output/images/tumor-lesion-segmentation/<uuid>.mha).
+
 example (a fine-tuned model):
   nnUNetv2_petct_predict -i /data/incoming_dicom -o /data/lesions -d 221 -c 3d_fullres -f 0 1 2 3 4 \\
       -tr nnUNetTrainerPETCTFinetune
+  nnUNetv2_petct_predict -i study_dir -o out -m MODEL_FOLDER -f 0 --clicks clicks.json
+  nnUNetv2_petct_predict --autopet-iv -i /input -o /output -m MODEL_FOLDER -f 0 -device cuda
   nnUNetv2_petct_predict -i study_dir -o out -m $nnUNet_results/Dataset221_AutoPET/nnUNetTrainerPETCTFinetune__nnUNetPlans__3d_fullres -f 0
 """
 
@@ -90,8 +97,38 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DICOM input: use this CT series (SeriesInstanceUID, or SeriesDescription with * and ? wildcards) instead of the ranking rule of nnUNetv2_petct_convert dicom --help")
     o.add_argument("--pet-series", default=None, metavar="UID_OR_DESCRIPTION",
                    help="DICOM input: use this PET series (as --ct-series)")
+    c = p.add_argument_group("interactive (a click-guided model, nnUNetTrainerPETCTInteractive*)")
+    c.add_argument("--clicks", default=None, type=Path, metavar="FILE_OR_FOLDER",
+                   help="clicks for the model: one JSON file for a run with one study, or a folder with "
+                        "<study>.json per study (every study needs one); autoPET IV format "
+                        '{"tumor": [[x, y, z], ...], "background": [...]}, voxel indices of the PET image. '
+                        "Without --clicks an interactive model predicts with no click")
+    c.add_argument("--autopet-iv", action="store_true",
+                   help="the autoPET IV container layout instead: -i holds images/ct/<uuid>.mha, "
+                        "images/pet/<uuid>.mha and lesion-clicks.json; writes "
+                        "-o/images/tumor-lesion-segmentation/<uuid>.mha (no report)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress; only failures and the summary")
     return p
+
+
+def _clicks_by_study(a) -> tuple[dict, dict]:
+    """Read ``--clicks`` for the studies of ``-i``: ``({study: Clicks}, {study: source})``."""
+    from nnunetv2_petct.clinical.pipeline import BadRunInput
+    from nnunetv2_petct.clinical.studies import find_study_inputs
+    from nnunetv2_petct.interactive.clicks import read_click_folder, read_clicks
+
+    names = [s.name for s in find_study_inputs(a.i, anonymize=a.anonymize, ct_series=a.ct_series,
+                                               pet_series=a.pet_series)]
+    if a.clicks.is_dir():
+        clicks = read_click_folder(a.clicks, names)
+        return clicks, {n: str(a.clicks / f"{n}.json") for n in clicks}
+    if not a.clicks.is_file():
+        raise BadRunInput(f"--clicks {a.clicks}: no such file or folder")
+    if len(names) != 1:
+        raise BadRunInput(f"--clicks {a.clicks} is one click file, but {len(names)} studies were found under "
+                          f"{a.i} ({', '.join(names[:5])}{' ...' if len(names) > 5 else ''}): give a folder "
+                          "with <study>.json per study")
+    return {names[0]: read_clicks(a.clicks)}, {names[0]: str(a.clicks)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,20 +162,48 @@ def main(argv: list[str] | None = None) -> int:
                 f"{row.get('lesion_count')} lesion(s), TMTV {row.get('tmtv_ml', 0) or 0:.2f} ml")
             tqdm.write(f"{res.status:6s} {res.name}: {what} -> {res.folder}", file=sys.stderr)
 
+    from nnunetv2_petct.interactive.clicks import ClickFileError
+    from nnunetv2_petct.nnunet.autopet_iv import ContainerLayoutError
+
+    if a.autopet_iv and a.clicks is not None:
+        print("error: --autopet-iv reads the clicks from -i/lesion-clicks.json; drop --clicks", file=sys.stderr)
+        return 2
     try:
         check_run_folders(a.i, a.o)
         folder = resolve_model_folder(a.d, a.c, a.tr, a.p, a.m)
-        predictor = NnUNetLesionPredictor(folder, a.f, a.chk, a.device, a.disable_tta, a.npp, a.nps, a.step_size,
-                                          quiet=a.quiet)
+        if a.autopet_iv:
+            return _autopet_iv(a, folder)
+        if a.clicks is not None:
+            from nnunetv2_petct.nnunet.interactive_predictor import InteractiveLesionPredictor
+
+            clicks, sources = _clicks_by_study(a)
+            predictor = InteractiveLesionPredictor(folder, a.f, a.chk, a.device, a.disable_tta, a.npp, a.nps,
+                                                   a.step_size, quiet=a.quiet, clicks_by_case=clicks,
+                                                   click_sources=sources)
+        else:
+            predictor = NnUNetLesionPredictor(folder, a.f, a.chk, a.device, a.disable_tta, a.npp, a.nps,
+                                              a.step_size, quiet=a.quiet)
         predictor.load()
         report = predict_studies(a.i, a.o, predictor, min_volume_ml=a.min_volume_ml, anonymize=a.anonymize,
                                  overwrite=a.overwrite, allow_non_fdg=a.allow_non_fdg, quiet=a.quiet,
                                  ct_series=a.ct_series, pet_series=a.pet_series, on_study=progress)
-    except (BadRunInput, ModelSelectionError) as e:
+    except (BadRunInput, ModelSelectionError, ClickFileError, ContainerLayoutError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(report.summary())
     return 0 if report.ok else 1
+
+
+def _autopet_iv(a, folder) -> int:
+    """``--autopet-iv``: one container study with its clicks -> the challenge's output layout."""
+    from nnunetv2_petct.nnunet.autopet_iv import predict_autopet_iv
+    from nnunetv2_petct.nnunet.interactive_predictor import InteractiveLesionPredictor
+
+    predictor = InteractiveLesionPredictor(folder, a.f, a.chk, a.device, a.disable_tta, 0, 0, a.step_size,
+                                           quiet=a.quiet)
+    out = predict_autopet_iv(a.i, a.o, predictor)
+    print(f"wrote {out}")
+    return 0
 
 
 if __name__ == "__main__":

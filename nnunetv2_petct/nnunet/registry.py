@@ -16,6 +16,7 @@ TRAINER_MODULES: tuple[str, ...] = (
     "nnunetv2_petct.nnunet.trainers.finetune",
     "nnunetv2_petct.nnunet.trainers.late_fusion",
     "nnunetv2_petct.nnunet.trainers.demo",
+    "nnunetv2_petct.nnunet.trainers.interactive",
 )
 
 

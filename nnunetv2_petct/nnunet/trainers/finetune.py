@@ -554,6 +554,9 @@ TRANSFER_TRAINERS = {
     "scratch_lr1e3": "nnUNetTrainerPETCTScratchLR1e3",
     "frozen_encoder": "nnUNetTrainerPETCTFrozenEncoder",
     "probe_random_init": "nnUNetTrainerPETCTLinearProbeRandomInit",
+    "interactive_pretrained": "nnUNetTrainerPETCTInteractive",
+    "interactive_scratch": "nnUNetTrainerPETCTInteractiveScratch",
+    "interactive_stock": "nnUNetTrainerPETCTInteractiveStock",
 }
 """Method name (label-efficiency table) -> trainer class name (append ``_tiny``/``_demo`` for those schedules)."""
 
@@ -572,10 +575,15 @@ METHOD_RECIPES = {
                      "under-tuned for training from scratch",
     "frozen_encoder": "frozen pretrained encoder, decoder trained with the fine-tuning schedule (lr 1e-3)",
     "probe_random_init": "control: the linear probe on nnU-Net's random initialization (lr 1e-2)",
+    "interactive_pretrained": "click-guided (CT, PET + tumor/background click heatmaps), fine-tuned from the "
+                              "foundation model with zero-initialised click weights: the fine-tuning recipe",
+    "interactive_scratch": "click-guided from random weights: the from-scratch recipe (peak lr 1e-2, same "
+                           "warm-up and length)",
+    "interactive_stock": "click-guided from random weights: stock nnU-Net's recipe (lr 1e-2, poly, no warm-up)",
 }
 """Method -> one-line recipe and the reason for it (label-efficiency table, ``--help``, README)."""
 
-NEEDS_PRETRAINED = {"pretrained", "probe", "frozen_encoder"}
+NEEDS_PRETRAINED = {"pretrained", "probe", "frozen_encoder", "interactive_pretrained"}
 """Methods that need the joint foundation checkpoint (``--pretrained``)."""
 
 NEEDS_SEPARATED = {"late_fusion_probe"}
