@@ -38,6 +38,31 @@ def _warn(message: str) -> None:
     print(f"[nnunetv2_petct] {message}", file=sys.stderr)
 
 
+def _answer_unknown_ourselves(trainer_name: str) -> bool:
+    """An unknown name with our prefix is answered here (nnU-Net's own scan crashes next to a CPU torch on
+    torchvision's ``nms`` and never says the name is wrong), unless ``nnUNet_extTrainer`` points nnU-Net at
+    a folder that may hold a user's own ``nnUNetTrainerPETCT...`` subclass."""
+    import os
+
+    return str(trainer_name).startswith("nnUNetTrainerPETCT") and not os.environ.get("nnUNet_extTrainer")
+
+
+def _refuse_unknown(trainer_name: str) -> None:
+    """One line and exit 2 in nnU-Net's console scripts; :class:`UnknownTrainerError` elsewhere."""
+    import os
+
+    from nnunetv2_petct.nnunet.registry import UnknownTrainerError, unknown_trainer_message
+
+    try:
+        message = unknown_trainer_message(trainer_name)
+    except Exception:  # a trainer module failed to import: name the request at least
+        message = f"no trainer {trainer_name} among ours"
+    if os.path.basename(sys.argv[0] if sys.argv else "").startswith("nnUNetv2_"):
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+    raise UnknownTrainerError(message)
+
+
 def wrap_trainer_lookup(module) -> bool:
     """Wrap ``module.recursive_find_trainer_class_by_name`` (idempotent). Returns True when patched."""
     original = getattr(module, TARGET_FUNCTION, None)
@@ -60,6 +85,8 @@ def wrap_trainer_lookup(module) -> bool:
             trainer_class = None
         if trainer_class is not None:
             return trainer_class
+        if _answer_unknown_ourselves(trainer_name):
+            _refuse_unknown(trainer_name)
         return original(trainer_name)
 
     recursive_find_trainer_class_by_name.__wrapped__ = original

@@ -2,6 +2,10 @@
 
 from nnunetv2_petct.nnunet.trainers.interactive import (
     nnUNetTrainerPETCTInteractive,
+    nnUNetTrainerPETCTInteractive_bench,
+    nnUNetTrainerPETCTInteractive_cpu1h,
+    nnUNetTrainerPETCTInteractive_demo,
+    nnUNetTrainerPETCTInteractive_tiny,
     nnUNetTrainerPETCTInteractiveScratch,
     nnUNetTrainerPETCTInteractiveScratch_bench,
     nnUNetTrainerPETCTInteractiveScratch_cpu1h,
@@ -12,10 +16,6 @@ from nnunetv2_petct.nnunet.trainers.interactive import (
     nnUNetTrainerPETCTInteractiveStock_cpu1h,
     nnUNetTrainerPETCTInteractiveStock_demo,
     nnUNetTrainerPETCTInteractiveStock_tiny,
-    nnUNetTrainerPETCTInteractive_bench,
-    nnUNetTrainerPETCTInteractive_cpu1h,
-    nnUNetTrainerPETCTInteractive_demo,
-    nnUNetTrainerPETCTInteractive_tiny,
 )
 
 __all__ = [

@@ -14,6 +14,8 @@ Four figures, each from the benchmark module that owns it:
    pipeline on full-size phantoms (96x128x128 patches, batch 16) with nnU-Net's default number of
    augmentation workers (``get_allowed_n_proc_DA``), against what the measured MAE step consumes
    (batch / step seconds): ``loading_is_bottleneck`` says whether the workers keep up;
+   plus the device-side MAE augmentation (zoom + mirroring of one batch on the GPU, issue 22) against the
+   MAE step: ``device_augment_to_step_ratio``, target <= 3 %;
 3. **prediction** (:mod:`bench_predict`): stock ``nnUNetv2_predict`` seconds for one full-size phantom case
    (PET 326x400x400, nnU-Net's default plans for it), without and with test-time mirroring.
 
@@ -71,6 +73,47 @@ def loading_verdict(loader_patches_per_s: float, step_seconds: float, batch_size
             "loading_is_bottleneck": bool(loader_patches_per_s < need)}
 
 
+#: Target of the device-side MAE augmentation: at most this share of one MAE step (issue 22).
+DEVICE_AUGMENT_TARGET_RATIO = 0.03
+
+
+def device_augment(patch_size, batch_size: int, device: str, mae_step_s: float, n_iter: int = 10) -> dict:
+    """Seconds of the MAE trainer's batched zoom + mirroring (:mod:`nnunetv2_petct.pretraining.augment`, its
+    zoom range, zoom probability and mirror axes) for one batch of source patches (the patch plus the zoom
+    margin), median of ``n_iter`` after a warm-up, and its ratio to the measured MAE step
+    (target <= :data:`DEVICE_AUGMENT_TARGET_RATIO`)."""
+    import statistics
+
+    import torch
+
+    from nnunetv2_petct.nnunet.trainers.mae import nnUNetTrainerPETCTMAE
+    from nnunetv2_petct.pretraining.augment import augment_batch, zoom_margin_patch_size
+
+    cfg = nnUNetTrainerPETCTMAE.mae_config
+    patch = [int(p) for p in patch_size]
+    source = zoom_margin_patch_size(patch, tuple(cfg.zoom_range))
+    dev = torch.device(device)
+    x = torch.randn((int(batch_size), len(cfg.input_channels), *source), device=dev)
+    gen = torch.Generator().manual_seed(0)
+    mirror_axes = tuple(range(len(patch))) if cfg.mirror else None
+    times = []
+    for i in range(n_iter + 1):
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        t0 = time.perf_counter()
+        augment_batch(x, patch, tuple(cfg.zoom_range), cfg.p_zoom, mirror_axes, gen)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        if i:
+            times.append(time.perf_counter() - t0)
+    aug_s = statistics.median(times)
+    ratio = aug_s / mae_step_s if mae_step_s > 0 else float("nan")
+    return {"device_augment_source_patch": list(source), "device_augment_s_per_batch": round(aug_s, 5),
+            "device_augment_to_step_ratio": round(ratio, 4),
+            "device_augment_target_ratio": DEVICE_AUGMENT_TARGET_RATIO,
+            "device_augment_meets_target": bool(ratio <= DEVICE_AUGMENT_TARGET_RATIO)}
+
+
 def run(device: str | None = None, tiny: bool | None = None, n_warmup: int = 3, n_iter: int = 10,
         n_batches: int | None = None, preprocessed_folder: str | os.PathLike | None = None,
         images_folder: str | os.PathLike | None = None, predict_mirroring: tuple[bool, ...] = (False, True)) -> dict:
@@ -123,6 +166,9 @@ def run(device: str | None = None, tiny: bool | None = None, n_warmup: int = 3, 
     verdict = loading_verdict(loader["per_workers"][0]["patches_per_s"], step["mae_step_s"], loader["batch_size"])
     seconds["dataloader"] = round(time.perf_counter() - t1, 1)
 
+    # 2b. the MAE trainer's device-side zoom + mirroring of one batch next to the MAE step (issue 22)
+    augment = device_augment(step["patch_size"], batch, device, step["mae_step_s"])
+
     # 3. stock nnUNetv2_predict on one full-size case
     t2 = time.perf_counter()
     predict_kwargs = {"device": device, "mirroring": tuple(predict_mirroring), "n_cases": 1}
@@ -151,6 +197,7 @@ def run(device: str | None = None, tiny: bool | None = None, n_warmup: int = 3, 
         "dataloader_workers": workers,
         "dataloader_patch_size": loader["patch_size"],
         **verdict,
+        **augment,
         "predict_seconds_per_case_no_mirroring": predict.get("seconds_per_case_no_mirroring"),
         "predict_seconds_per_case_mirroring": predict.get("seconds_per_case_mirroring"),
         "predict_measured_on": predict.get("measured_on"),

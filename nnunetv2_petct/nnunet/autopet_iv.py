@@ -23,7 +23,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from nnunetv2_petct.interactive.clicks import Clicks, ClickFileError
+from nnunetv2_petct.interactive.clicks import ClickFileError, Clicks
 
 logger = logging.getLogger(__name__)
 

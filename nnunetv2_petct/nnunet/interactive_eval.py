@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunetv2_petct.interactive.clicks import Clicks, ClickFileError, read_click_folder, write_clicks
+from nnunetv2_petct.interactive.clicks import ClickFileError, Clicks, read_click_folder, write_clicks
 from nnunetv2_petct.interactive.protocol import (
     N_CLICK_STEPS,
     interactive_case_metrics,

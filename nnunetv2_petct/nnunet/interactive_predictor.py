@@ -108,7 +108,9 @@ class InteractiveSession:
             ClickFileError: a click outside the PET image (named, with ``source``).
         """
         import torch
-        from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+        from nnunetv2.inference.export_prediction import (
+            convert_predicted_logits_to_segmentation_with_correct_shape,
+        )
 
         clicks = clicks if clicks is not None else Clicks()
         check_clicks_in_image(clicks, self.shape_zyx, source=source)

@@ -64,6 +64,117 @@ def _available_folds(folder: Path, checkpoint: str) -> list[str]:
     return sorted(p.parent.name[len("fold_"):] for p in folder.glob(f"fold_*/{checkpoint}"))
 
 
+def _read_fold_checkpoint(path: Path) -> dict:
+    """A fold's training checkpoint, read weights-only (nothing of the file runs) unless
+    ``NNUNETV2_PETCT_TRUST_CHECKPOINT=1``; its keys checked. Raises :class:`ModelSelectionError` naming it."""
+    import torch
+
+    from nnunetv2_petct.transfer.weights import (
+        TRUST_CHECKPOINT_ENV,
+        IncompatibleCheckpointError,
+        read_checkpoint_safely,
+    )
+
+    redo = "re-copy or re-download the model folder"
+    if os.environ.get(TRUST_CHECKPOINT_ENV) == "1":
+        logger.warning("%s=1: %s is unpickled without the weights-only check", TRUST_CHECKPOINT_ENV, path)
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:  # noqa: BLE001 - any failure of the trusted load is named with the file
+            raise ModelSelectionError(f"{path}: cannot be read ({type(e).__name__}: {e}); {redo}") from None
+    else:
+        try:
+            ckpt = read_checkpoint_safely(path, allow_numpy_scalars=True)
+        except FileNotFoundError as e:
+            raise ModelSelectionError(f"{e}; {redo}") from None
+        except IncompatibleCheckpointError as e:
+            raise ModelSelectionError(f"model checkpoint refused: {e}") from None
+    if not isinstance(ckpt, dict):
+        raise ModelSelectionError(f"{path}: not an nnU-Net training checkpoint (a {type(ckpt).__name__}, not a "
+                                  f"dict); {redo}")
+    missing = [k for k in ("network_weights", "trainer_name", "init_args") if k not in ckpt]
+    if missing or not isinstance(ckpt.get("init_args"), dict) or "configuration" not in ckpt["init_args"]:
+        what = ", ".join(repr(k) for k in missing) if missing else "'init_args.configuration'"
+        raise ModelSelectionError(
+            f"{path}: not an nnU-Net training checkpoint (no {what}; nnUNetv2_train writes network_weights, "
+            f"trainer_name and init_args): a foundation or exported weights file belongs in -pretrained_weights, "
+            f"not in a model folder; otherwise {redo}")
+    return ckpt
+
+
+def load_model_safely(model_folder: str | os.PathLike, folds: Sequence[str | int],
+                      checkpoint: str = "checkpoint_final.pth") -> dict:
+    """What nnU-Net's ``initialize_from_trained_model_folder`` builds, without unpickling anything.
+
+    nnU-Net (2.8) reads every fold's checkpoint with ``torch.load(weights_only=False)``, which runs whatever
+    code a crafted file holds. Here each checkpoint is read weights-only first
+    (:func:`~nnunetv2_petct.transfer.weights.read_checkpoint_safely`; ``NNUNETV2_PETCT_TRUST_CHECKPOINT=1``
+    is the documented override for a trusted legacy file), its keys are checked, the network is built by
+    the trainer class named in the first checkpoint (as nnU-Net does) from the folder's plans.json and
+    dataset.json, and every fold's weights are loaded into it once to prove they fit.
+
+    Returns:
+        ``{"network", "plans_manager", "configuration_manager", "parameters", "trainer_name",
+        "inference_allowed_mirroring_axes"}`` for ``nnUNetPredictor.manual_initialization``.
+
+    Raises:
+        ModelSelectionError: a missing, empty, truncated, text, unsafe or foreign checkpoint, checkpoints of
+            different trainers or configurations, an unknown trainer, or weights that do not fit the
+            network (each naming the file and what to do).
+    """
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name  # our hook wraps it
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    folder = Path(model_folder)
+    plans_manager = PlansManager(read_json(folder / "plans.json", "plans.json"))
+    dataset_json = read_json(folder / "dataset.json", "dataset.json")
+    parameters, first, first_path = [], None, None
+    for f in [str(x) for x in folds]:
+        path = folder / f"fold_{f}" / checkpoint
+        ckpt = _read_fold_checkpoint(path)
+        if first is None:
+            first, first_path = ckpt, path
+        elif (ckpt["trainer_name"], ckpt["init_args"]["configuration"]) != (
+                first["trainer_name"], first["init_args"]["configuration"]):
+            raise ModelSelectionError(
+                f"{path} ({ckpt['trainer_name']}, {ckpt['init_args']['configuration']}) and {first_path} "
+                f"({first['trainer_name']}, {first['init_args']['configuration']}) are not folds of one model")
+        parameters.append(ckpt["network_weights"])
+    trainer_name = str(first["trainer_name"])
+    configuration = str(first["init_args"]["configuration"])
+    try:
+        configuration_manager = plans_manager.get_configuration(configuration)
+    except Exception:  # noqa: BLE001 - nnU-Net raises a bare error for an unknown configuration
+        raise ModelSelectionError(f"{first_path} was trained with configuration {configuration!r}, which "
+                                  f"{folder / 'plans.json'} does not define; re-copy the model folder") from None
+    try:
+        trainer_class = recursive_find_trainer_class_by_name(trainer_name)
+    except (Exception, SystemExit):  # noqa: BLE001 - nnU-Net's scan or our refusal of an unknown name
+        trainer_class = None
+    if trainer_class is None:
+        raise ModelSelectionError(f"{first_path} was trained with {trainer_name}, a trainer class not found here "
+                                  "(install the package that defines it, or put it in nnUNet_extTrainer)")
+    network = trainer_class.build_network_architecture(
+        plans_manager, configuration_manager, determine_num_input_channels(plans_manager, configuration_manager,
+                                                                           dataset_json),
+        plans_manager.get_label_manager(dataset_json).num_segmentation_heads, enable_deep_supervision=False)
+    for f, params in zip(folds, parameters):
+        try:
+            network.load_state_dict(params)
+        except (RuntimeError, KeyError, TypeError) as e:
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            detail = "; ".join(lines[1:3]) if len(lines) > 1 else (lines[0] if lines else type(e).__name__)
+            raise ModelSelectionError(
+                f"{folder / f'fold_{f}' / checkpoint}: its weights do not fit the network {trainer_name} builds "
+                f"from {folder / 'plans.json'} ({detail[:300]}); the checkpoint belongs to another architecture "
+                f"or plans: re-copy the model folder as one piece") from None
+    network.load_state_dict(parameters[0])
+    return {"network": network, "plans_manager": plans_manager, "configuration_manager": configuration_manager,
+            "parameters": parameters, "trainer_name": trainer_name,
+            "inference_allowed_mirroring_axes": first.get("inference_allowed_mirroring_axes")}
+
+
 class NnUNetLesionPredictor:
     """A trained nnU-Net PET/CT lesion model, loaded once, predicting batches of studies.
 
@@ -158,15 +269,16 @@ class NnUNetLesionPredictor:
             device = torch.device("mps")
         else:
             raise ModelSelectionError(f"-device must be cpu, cuda or mps, got {self.device_name!r}")
-        folds = [f if f == "all" else int(f) for f in self.folds]
+        model = load_model_safely(self.model_folder, self.folds, self.checkpoint)
         with contextlib.redirect_stdout(io.StringIO()) if self.quiet else contextlib.nullcontext():
             predictor = nnUNetPredictor(tile_step_size=self.step_size, use_gaussian=True,
                                         use_mirroring=not self.disable_tta,
                                         perform_everything_on_device=self.device_name == "cuda",
                                         device=device, verbose=False, verbose_preprocessing=False,
                                         allow_tqdm=not self.quiet)
-            predictor.initialize_from_trained_model_folder(str(self.model_folder), folds,
-                                                           checkpoint_name=self.checkpoint)
+            predictor.manual_initialization(model["network"], model["plans_manager"], model["configuration_manager"],
+                                            model["parameters"], self.dataset_json, model["trainer_name"],
+                                            model["inference_allowed_mirroring_axes"])
         self._predictor = predictor
         return predictor
 

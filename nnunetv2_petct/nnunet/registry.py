@@ -68,3 +68,19 @@ def all_trainer_classes() -> dict[str, type]:
             if attr.startswith("nnUNetTrainerPETCT") and _is_trainer(obj) and obj.__module__ == module.__name__:
                 found[attr] = obj
     return found
+
+
+class UnknownTrainerError(LookupError):
+    """A ``nnUNetTrainerPETCT*`` name that is none of our trainers; the message lists the closest ones."""
+
+
+def unknown_trainer_message(name: str, n_closest: int = 6) -> str:
+    """``"no trainer NAME; ours are: closest, ... (and N more: nnUNetv2_petct_doctor lists them)"``."""
+    import difflib
+
+    names = sorted(all_trainer_classes())
+    closest = difflib.get_close_matches(name, names, n=n_closest, cutoff=0.0)
+    rest = len(names) - len(closest)
+    more = f" (and {rest} more: nnUNetv2_petct_doctor lists them all)" if rest > 0 else ""
+    return f"no trainer {name}; ours are: {', '.join(closest)}{more}"
+

@@ -72,6 +72,12 @@ def test_gpu_check_tiny_on_cpu(tiny_dataset):
     assert res["step_patches_per_s"] == pytest.approx(need, abs=0.002)
     assert res["loading_is_bottleneck"] is (res["loader_patches_per_s"] < res["step_patches_per_s"])
     assert res["predict_seconds_per_case_mirroring"] is None  # only the setting asked for
+    # the device-side MAE augmentation (issue 22): the patch plus the zoom margin, timed against the step
+    assert res["device_augment_source_patch"] == [71, 71, 71]  # ceil(1.1 * 63) + 1
+    assert res["device_augment_s_per_batch"] > 0
+    assert res["device_augment_to_step_ratio"] == pytest.approx(
+        res["device_augment_s_per_batch"] / res["mae_step_s"], rel=0.02, abs=1e-4)
+    assert res["device_augment_meets_target"] is (res["device_augment_to_step_ratio"] <= 0.03)
 
 
 def test_tiny_budget_shares_the_test_profiles_data():

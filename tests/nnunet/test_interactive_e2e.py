@@ -18,7 +18,12 @@ import SimpleITK as sitk
 import torch
 
 from tests.conftest import cli, run
-from tests.nnunet.test_finetune_trainers import copy_dataset, fold_dir, make_foundation_checkpoint, pretraining_data
+from tests.nnunet.test_finetune_trainers import (
+    copy_dataset,
+    fold_dir,
+    make_foundation_checkpoint,
+    pretraining_data,
+)
 
 pytestmark = pytest.mark.slow
 

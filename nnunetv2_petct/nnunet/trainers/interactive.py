@@ -52,12 +52,12 @@ from nnunetv2_petct.nnunet.trainers.base import (
     unwrap_network,
 )
 from nnunetv2_petct.nnunet.trainers.demo import (
+    DEMO_FINETUNE_LR,
     BenchSegScheduleMixin,
     Cpu1hSegScheduleMixin,
     CPUThreadsFromEnvMixin,
     DemoSegScheduleMixin,
     OutputPriorInitMixin,
-    DEMO_FINETUNE_LR,
 )
 from nnunetv2_petct.nnunet.trainers.finetune import nnUNetTrainerPETCTFinetune, nnUNetTrainerPETCTScratch
 from nnunetv2_petct.transfer.weights import find_input_projection_keys
@@ -113,11 +113,17 @@ def widen_input_projection(network: torch.nn.Module, n_image_channels: int) -> t
 def add_zero_click_channels_hook(network: torch.nn.Module, n_image_channels: int):
     """A forward pre-hook: an input with exactly ``n_image_channels`` channels gets ``CLICK_CHANNELS`` all-zero
     channels appended (no clicks), so stock ``nnUNetv2_predict`` runs the interactive model as the
-    non-interactive one. Inputs with the click channels pass unchanged. Returns the hook handle."""
+    non-interactive one. Inputs with the click channels pass unchanged, and so does every input while the
+    input convolution reads the image channels only (narrowed to load a 2-channel checkpoint). Returns the
+    hook handle."""
+
+    _, conv = input_projection(network)
 
     def pad(module, args):
         x = args[0]
-        if isinstance(x, torch.Tensor) and x.ndim >= 2 and x.shape[1] == n_image_channels:
+        # only while the input convolution reads the click channels (a narrowed stem reads the images alone)
+        if (isinstance(x, torch.Tensor) and x.ndim >= 2 and x.shape[1] == n_image_channels
+                and conv.weight.shape[1] == n_image_channels + CLICK_CHANNELS):
             zeros = x.new_zeros((x.shape[0], CLICK_CHANNELS, *x.shape[2:]))
             return (torch.cat([x, zeros], dim=1), *args[1:])
         return None
