@@ -60,6 +60,39 @@ from-scratch baseline in every subset; ``probe`` vs ``late_fusion_probe`` / ``pr
 subset; and (the paper's first claim) ``pretrained`` at each fraction < 1 vs each from-scratch baseline at
 fraction 1.
 
+Steps
+-----
+:func:`label_efficiency` is a short composition of steps over one :class:`Design` (each takes the design and
+what the previous step produced), so that a new axis or baseline is one step or one field:
+
+1. **design** :func:`make_design` (the arguments) -> :class:`Design`: validates every argument, picks the test
+   set, draws the subsets (:func:`design_subsets`), checks the checkpoints and the leakage guard. Nothing of
+   the grid is written yet (only the late-fusion bundle, which those checks read), so bad input (say
+   ``--fractions 0 1.5``) is refused before ``test_images``/``test_labels`` or the splits exist.
+2. **folds** :func:`make_folds` (design) -> design: folds (:func:`assign_folds`), ``splits_final.json``, the
+   in-dataset test folders, ``label_efficiency_design.json`` (:meth:`Design.record`).
+3. **runs** :func:`plan_runs` (design) -> ``list[Run]`` (subset x method, stock commands;
+   :func:`predict_command`), :func:`write_commands` (design, runs) -> ``commands.sh``; a dry run stops here.
+4. **train** :func:`train_run` (design, run) -> ``checkpoint_final.pth`` (resumes; checks the seed).
+5. **predict** a :data:`Predictor` (design, run) -> ``list[Prediction]``; default :func:`predict_run` (one
+   plain prediction of the test set).
+6. **evaluate** :func:`evaluate_prediction` (design, prediction) -> (run row, per-case rows);
+   :func:`execute_runs` does 4-6 run by run (as before: a run is trained, predicted and evaluated before the
+   next one starts).
+7. **tabulate** :func:`tabulate` (design, run rows, per-case rows) -> the CSVs, the report, the plot.
+
+Extension seams. A caller with extra inputs plugs into steps 5 and 6 without copying the runner: its
+predictor returns several :class:`Prediction` variants of one run, each with its own ``pred_dir``/``eval_dir``
+and ``columns`` (extra values copied into that variant's run and per-case rows). An interactive *clicks* axis,
+for instance, is ``execute_runs(design, plan_runs(design), predictor=clicks_predictor)`` where
+``clicks_predictor(design, run)`` (a closure over the per-case click lists) predicts the test set at 0..10
+clicks into ``run.pred_dir / f"clicks{k}"`` and returns ``Prediction(run, that_dir, run.eval_dir /
+f"clicks{k}", {"clicks": k})`` for each ``k``; :func:`evaluate_prediction` scores each unchanged. Its table
+would group by ``clicks`` too (the summaries and CSV columns of :func:`write_table` know the standard
+columns only: a click table is :func:`summarize_runs` keyed by one more field). A new baseline is one
+entry of ``finetune.TRANSFER_TRAINERS`` (a method) and, when it needs an input such as a checkpoint, one
+:class:`Design` field that :func:`plan_runs` passes to its training command.
+
 A run whose ``checkpoint_final.pth`` exists is not trained again (resume after an interruption; delete
 the fold folder to retrain); its ``training_seed.json`` must match the design's seed. ``dry_run`` writes
 the splits and ``commands.sh`` and prints the commands (for a cluster); ``skip_training`` then predicts
@@ -68,6 +101,7 @@ and evaluates finished runs.
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import logging
@@ -77,8 +111,8 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from nnunetv2_petct.io import csv_text, fmt_number, write_json_atomic, write_text_atomic
@@ -136,9 +170,18 @@ class Subset:
     run_name: str = ""  # name for replicate 0, name_seed<k> otherwise
 
 
+_STEP = {"record": False}
+"""Field metadata of :class:`Design`: what the steps need, not part of :meth:`Design.to_dict`."""
+
+
 @dataclass
 class Design:
-    """Where every case went, and which fold each subset is."""
+    """Where every case went, and which fold each subset is; plus what the later steps need.
+
+    Built by :func:`make_design` (folds ``-1``), completed by :func:`make_folds`. The first fields are the
+    design proper (:meth:`to_dict`); :meth:`record` adds the provenance written to ``label_efficiency_design.json``.
+    A new option of the grid (a baseline's checkpoint, a click budget) is one more field here.
+    """
 
     dataset_name: str
     configuration: str
@@ -151,9 +194,47 @@ class Design:
     subsets: list[Subset] = field(default_factory=list)
     splits_file: str = ""
     seeds: int = 1
+    # ---- for the steps (not in to_dict)
+    out_dir: Path = field(default_factory=Path, metadata=_STEP)
+    trainers: dict[str, str] = field(default_factory=dict, metadata=_STEP)  # method -> trainer, in method order
+    recipes: dict[str, str] = field(default_factory=dict, metadata=_STEP)
+    schedules: dict[str, dict | None] = field(default_factory=dict, metadata=_STEP)
+    patients_from: str = field(default="", metadata=_STEP)
+    leakage_check: dict = field(default_factory=dict, metadata=_STEP)
+    pretrained: Path | None = field(default=None, metadata=_STEP)
+    late_fusion_file: Path | None = field(default=None, metadata=_STEP)
+    test_images: Path | None = field(default=None, metadata=_STEP)  # folder nnUNetv2_predict reads
+    test_labels: Path | None = field(default=None, metadata=_STEP)  # folder the evaluation reads
+    test_links_from: Path | None = field(default=None, metadata=_STEP)  # raw dataset of in-dataset test cases
+    dataset_json: dict = field(default_factory=dict, metadata=_STEP)
+    cv_cases: dict[str, str] = field(default_factory=dict, metadata=_STEP)  # non-test case -> patient (CV folds)
+    device: str = field(default="cuda", metadata=_STEP)
+    disable_tta: bool = field(default=False, metadata=_STEP)
+    npp: int | None = field(default=None, metadata=_STEP)
+    nps: int | None = field(default=None, metadata=_STEP)
+
+    @property
+    def methods(self) -> list[str]:
+        return list(self.trainers)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The design proper: the cases of pool, validation and test sets, the subsets and their folds."""
+        return {f.name: (copy.deepcopy(v) if f.name != "subsets" else [asdict(s) for s in v])
+                for f in fields(self) if f.metadata.get("record", True) for v in (getattr(self, f.name),)}
+
+    def record(self) -> dict:
+        """What ``label_efficiency_design.json`` holds: :meth:`to_dict`, where the patients came from, the
+        replicates' seeds, each method's trainer/recipe/schedule, the leakage check, the late-fusion bundle."""
+        d = self.to_dict()
+        d["patients_from"] = self.patients_from
+        d["replicates"] = [{"replicate": k, "seed": replicate_seed(self.seed, k),
+                            "used_for": "subset draws (fractions < 1, K-shot) and training seed (NNUNETV2_PETCT_SEED)"}
+                           for k in range(int(self.seeds))]
+        d["methods"] = {m: {"trainer": t, "recipe": self.recipes.get(m, ""), "schedule": self.schedules.get(m)}
+                        for m, t in self.trainers.items()}
+        d["leakage_check"] = self.leakage_check
+        d["late_fusion_checkpoint"] = str(self.late_fusion_file) if self.late_fusion_file else None
+        return d
 
 
 @dataclass
@@ -169,6 +250,21 @@ class Run:
     pred_dir: Path
     eval_dir: Path
     train_env: dict = field(default_factory=dict)
+
+
+@dataclass
+class Prediction:
+    """One prediction folder of a run, to evaluate (a run has one plain prediction, or several variants)."""
+
+    run: Run
+    pred_dir: Path
+    eval_dir: Path
+    columns: dict[str, object] = field(default_factory=dict)
+    """Extra values for this variant's rows (e.g. ``{"clicks": 3}``), after the standard columns."""
+
+
+Predictor = Callable[[Design, Run], Sequence[Prediction]]
+"""The predict step's seam: a trained run -> its predictions (:func:`predict_run` is the default)."""
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -472,6 +568,398 @@ def _merged_checkpoint(ckpt: Mapping) -> bool:
                for a in meta.get("adaptations", []) or [])
 
 
+# ------------------------------------------------------------------------------------------- steps
+def make_design(
+    dataset: str,
+    out_dir: str | os.PathLike,
+    fractions: Sequence[float] = (0.1, 0.3, 1.0),
+    shots: Sequence[int] = (),
+    pretrained: str | os.PathLike | None = None,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    trainer_suffix: str = "",
+    configuration: str = "3d_fullres",
+    plans: str = "nnUNetPlans",
+    test_cases: Sequence[str] | None = None,
+    test_images: str | os.PathLike | None = None,
+    test_labels: str | os.PathLike | None = None,
+    test_fraction: float = 0.2,
+    val_fraction: float = 0.1,
+    seed: int = 12345,
+    seeds: int = 1,
+    pretrained_ct: str | os.PathLike | None = None,
+    pretrained_pet: str | os.PathLike | None = None,
+    allow_test_overlap: bool = False,
+    device: str = "cuda",
+    disable_tta: bool = False,
+    npp: int | None = None,
+    nps: int | None = None,
+) -> Design:
+    """Step 1, *design*: validate every argument, pick the test set, draw the subsets, check the checkpoints.
+
+    Reads the dataset and the checkpoints; writes nothing in ``out_dir`` except, when late-fusion methods are
+    asked for, ``late_fusion_checkpoint.pth`` (the bundle that the compatibility and leakage checks read),
+    which is written only after every argument has been validated. The subsets have no fold yet
+    (``fold = -1``): :func:`make_folds` assigns them.
+
+    Raises:
+        LabelEfficiencyError: as :func:`label_efficiency`.
+    """
+    from nnunetv2_petct.nnunet.trainers.finetune import NEEDS_PRETRAINED, NEEDS_SEPARATED, TRANSFER_TRAINERS
+    from nnunetv2_petct.transfer.leakage import read_manifest_records
+
+    methods = list(dict.fromkeys(methods))
+    unknown = [m for m in methods if m not in TRANSFER_TRAINERS]
+    if unknown:
+        raise LabelEfficiencyError(f"unknown method(s) {unknown}; choose from {sorted(TRANSFER_TRAINERS)}")
+    if not methods:
+        raise LabelEfficiencyError("no method given")
+    if int(seeds) < 1:
+        raise LabelEfficiencyError(f"--seeds must be >= 1, got {seeds}")
+    need_weights = [m for m in methods if m in NEEDS_PRETRAINED]
+    if need_weights and pretrained is None:
+        raise LabelEfficiencyError(f"method(s) {need_weights} need --pretrained foundation_final.pth")
+    need_pair = [m for m in methods if m in NEEDS_SEPARATED]
+    if need_pair and (pretrained_ct is None or pretrained_pet is None):
+        raise LabelEfficiencyError(f"method(s) {need_pair} need --pretrained-ct and --pretrained-pet (the CT-only and "
+                                   f"PET-only foundation checkpoints)")
+    paths = {}
+    for what, p in (("pretrained", pretrained), ("pretrained CT", pretrained_ct), ("pretrained PET", pretrained_pet)):
+        if p is not None:
+            paths[what] = Path(p).resolve()
+            if not paths[what].is_file():
+                raise LabelEfficiencyError(f"{what} checkpoint not found: {paths[what]}")
+    pretrained_path = paths.get("pretrained")
+    if (test_images is None) != (test_labels is None):
+        raise LabelEfficiencyError("give both test_images and test_labels, or neither")
+    if test_images is not None and test_cases is not None:
+        raise LabelEfficiencyError("give either test_cases or test_images/test_labels, not both")
+
+    dataset_name = resolve_dataset(dataset)
+    pre_dir = _env_dir("nnUNet_preprocessed") / dataset_name
+    raw_dir = Path(os.environ.get("nnUNet_raw", "")) / dataset_name if os.environ.get("nnUNet_raw") else None
+    plans_file = pre_dir / f"{plans}.json"
+    if not plans_file.is_file():
+        raise LabelEfficiencyError(f"plans not found: {plans_file}")
+    plans_dict = json.loads(plans_file.read_text())
+    dataset_json = json.loads((pre_dir / "dataset.json").read_text())
+    cases = preprocessed_cases(pre_dir, plans_dict, configuration)
+    dirs = [d for d in (raw_dir, pre_dir) if d is not None and d.is_dir()]
+    c2p, patient_source = case_patients(cases, dirs)
+    trainers = {m: TRANSFER_TRAINERS[m] + trainer_suffix for m in methods}
+    _check_trainers_exist(list(trainers.values()))
+    out = Path(out_dir).resolve()
+
+    # held-out test set (in-dataset test cases: their folders of links are written by make_folds)
+    test_links_from = None
+    if test_images is not None:
+        img_dir, lab_dir = Path(test_images).resolve(), Path(test_labels).resolve()  # type: ignore[arg-type]
+        for d in (img_dir, lab_dir):
+            if not d.is_dir():
+                raise LabelEfficiencyError(f"test folder not found: {d}")
+        test = sorted(p.name[: -len(".nii.gz")] for p in lab_dir.glob("*.nii.gz"))
+        if not test:
+            raise LabelEfficiencyError(f"no labels (*.nii.gz) in {lab_dir}")
+        overlap = sorted(set(test) & set(cases))
+        if overlap:
+            raise LabelEfficiencyError(f"external test case(s) also in the training dataset: {overlap[:5]}")
+        test_source = f"external: {img_dir}"
+        test_records = read_manifest_records(lab_dir.parent)
+    else:
+        if test_cases is None:
+            from nnunetv2_petct.transfer.splits import subset_cases
+
+            test = subset_cases(c2p, fraction=test_fraction, seed=seed + 2)
+            test_source = f"seeded patient-grouped {test_fraction:g} of the dataset"
+        else:
+            test = sorted(test_cases)
+            missing = [c for c in test if c not in c2p]
+            if missing:
+                raise LabelEfficiencyError(f"test case(s) not in the preprocessed dataset: {missing[:5]}")
+            test_source = "case list"
+        if raw_dir is None or not (raw_dir / "imagesTr").is_dir():
+            raise LabelEfficiencyError("in-dataset test cases need the raw dataset ($nnUNet_raw/<dataset>/imagesTr)")
+        test_records = next((r for r in map(read_manifest_records, dirs) if r is not None), None)
+        _check_test_cases_on_disk(test, raw_dir)
+        img_dir, lab_dir, test_links_from = out / "test_images", out / "test_labels", raw_dir
+
+    # shots draw among lesion-positive cases
+    eligible = None
+    if shots:
+        labels_dir = raw_dir / "labelsTr" if raw_dir is not None else None
+        eligible = lesion_positive([c for c in cases if c not in set(test)], dirs, labels_dir)
+
+    pool, val, subsets = design_subsets(c2p, test, fractions, shots, val_fraction, seed, eligible, int(seeds))
+
+    # checkpoints: compatibility with this dataset's network and the leakage guard, before the folds are written
+    checked, late_fusion_file = _check_checkpoints(
+        plans_dict, dataset_json, dataset_name, plans, configuration, pretrained_path if need_weights else None,
+        need_weights, (paths["pretrained CT"], paths["pretrained PET"]) if need_pair else None, out)
+    leakage = _check_leakage(checked, test, test_records, allow_test_overlap)
+
+    schedules = {m: _schedule(trainers[m]) for m in methods}
+    return Design(
+        dataset_name, configuration, plans, seed, pool, val, list(test), test_source,
+        [Subset(s["name"], -1, s["train"], s["fraction"], s["requested_fraction"], s["shots"], s["replicate"],
+                s["seed"], s["run_name"]) for s in subsets],
+        str(pre_dir / "splits_final.json"), int(seeds),
+        out_dir=out, trainers=trainers, patients_from=patient_source,
+        recipes={m: _recipe(m, trainers[m], schedules[m]) for m in methods}, schedules=schedules,
+        leakage_check=leakage, pretrained=pretrained_path, late_fusion_file=late_fusion_file,
+        test_images=img_dir, test_labels=lab_dir, test_links_from=test_links_from, dataset_json=dataset_json,
+        cv_cases={c: p for c, p in c2p.items() if c not in set(test)}, device=device, disable_tta=disable_tta,
+        npp=npp, nps=nps)
+
+
+def _check_test_cases_on_disk(test: Sequence[str], raw_dir: Path) -> None:
+    """Every in-dataset test case has its images and label in ``raw_dir`` (before anything is written)."""
+    with open(raw_dir / "dataset.json") as f:
+        ending = json.load(f).get("file_ending", ".nii.gz")
+    for c in test:
+        imgs = sorted((raw_dir / "imagesTr").glob(f"{c}_[0-9][0-9][0-9][0-9]{ending}"))
+        if not imgs or not (raw_dir / "labelsTr" / f"{c}{ending}").is_file():
+            raise LabelEfficiencyError(f"test case {c}: images or label not found in {raw_dir}")
+
+
+def _check_checkpoints(plans_dict: dict, dataset_json: dict, dataset_name: str, plans: str, configuration: str,
+                       pretrained: Path | None, need_weights: Sequence[str], separated: tuple[Path, Path] | None,
+                       out: Path) -> tuple[list[tuple[str, Path, Mapping]], Path | None]:
+    """Load the foundation checkpoint(s) and check them against this dataset's network; writes the late-fusion
+    bundle (``separated`` = CT-only, PET-only checkpoints) into ``out``. Returns what the leakage guard checks
+    and the bundle's path."""
+    from nnunetv2_petct.nnunet.trainers.finetune import network_from_plans
+    from nnunetv2_petct.transfer.weights import (
+        IncompatibleCheckpointError,
+        check_compatibility,
+        load_checkpoint,
+    )
+
+    checked: list[tuple[str, Path, Mapping]] = []
+    if pretrained is not None:
+        ckpt = load_checkpoint(pretrained)
+        if _merged_checkpoint(ckpt) and any(m != "pretrained" for m in need_weights):
+            raise LabelEfficiencyError(
+                f"{pretrained} merges two single-modality checkpoints (nnUNetv2_petct_adapt_checkpoint --ct/--pet): "
+                f"it only initialises fine-tuning (method 'pretrained'); a merged network computes neither model's "
+                f"features, so do not probe it — use method late_fusion_probe with --pretrained-ct/--pretrained-pet")
+        net = network_from_plans(plans_dict, configuration, dataset_json=dataset_json)
+        try:
+            rep = check_compatibility(ckpt, net)
+        except IncompatibleCheckpointError as e:
+            raise LabelEfficiencyError(str(e)) from e
+        if not rep.ok:
+            raise LabelEfficiencyError(f"{pretrained} does not fit {dataset_name} ({plans}, {configuration}):\n"
+                                       + rep.message())
+        checked.append(("joint CT+PET foundation (--pretrained)", pretrained, ckpt))
+    late_fusion_file = None
+    if separated is not None:
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        from nnunetv2_petct.nnunet.trainers.late_fusion import build_late_fusion_network
+        from nnunetv2_petct.transfer.late_fusion import LateFusionError, write_late_fusion_checkpoint
+
+        out.mkdir(parents=True, exist_ok=True)
+        late_fusion_file = out / LATE_FUSION_FILE
+        try:
+            bundle = write_late_fusion_checkpoint(separated[0], separated[1], late_fusion_file)
+        except (IncompatibleCheckpointError, LateFusionError) as e:
+            raise LabelEfficiencyError(f"late-fusion checkpoint: {e}") from e
+        pm = PlansManager(plans_dict)
+        net = build_late_fusion_network(pm, pm.get_configuration(configuration), len(dataset_json["channel_names"]),
+                                        pm.get_label_manager(dataset_json).num_segmentation_heads)
+        rep = check_compatibility(bundle, net)
+        if not rep.ok:
+            raise LabelEfficiencyError(f"the CT-only/PET-only checkpoints do not fit {dataset_name} ({plans}, "
+                                       f"{configuration}):\n" + rep.message())
+        checked.append(("separated CT-only + PET-only foundations (--pretrained-ct/--pretrained-pet)", late_fusion_file,
+                        bundle))
+    return checked, late_fusion_file
+
+
+def make_folds(design: Design) -> Design:
+    """Step 2, *folds*: give every subset its nnU-Net fold (:func:`assign_folds`), write ``splits_final.json``
+    (when it changes), the in-dataset test folders and ``label_efficiency_design.json``. Updates and returns
+    ``design``."""
+    from nnunetv2_petct.transfer.splits import write_splits
+
+    out = design.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    if design.test_links_from is not None:
+        _prepare_test_folders(design.test, design.test_links_from, out)
+    splits_file = Path(design.splits_file)
+    existing = json.loads(splits_file.read_text()) if splits_file.is_file() else []
+    splits, folds = assign_folds(existing, [{"train": s.train, "val": design.val, "group": s.replicate}
+                                            for s in design.subsets], design.cv_cases, design.seed)
+    if splits != existing:
+        write_splits(splits, splits_file)
+    for s, f in zip(design.subsets, folds):
+        s.fold = f
+    write_json_atomic(design.record(), out / DESIGN_FILE)
+    return design
+
+
+def plan_runs(design: Design) -> list[Run]:
+    """Step 3a: one :class:`Run` per subset x method (subset-major), with its stock train and predict commands."""
+    from nnunetv2_petct.nnunet.trainers.base import SEED_ENV
+    from nnunetv2_petct.nnunet.trainers.finetune import NEEDS_PRETRAINED, NEEDS_SEPARATED
+
+    d, out = design, design.out_dir
+    runs: list[Run] = []
+    for s in d.subsets:
+        for m, trainer in d.trainers.items():
+            train_cmd = ["nnUNetv2_train", d.dataset_name, d.configuration, str(s.fold), "-tr", trainer, "-p", d.plans,
+                         "-device", d.device]
+            if m in NEEDS_PRETRAINED:
+                train_cmd += ["-pretrained_weights", str(d.pretrained)]
+            if m in NEEDS_SEPARATED:
+                train_cmd += ["-pretrained_weights", str(d.late_fusion_file)]
+            pred_dir = out / "predictions" / m / s.run_name
+            runs.append(Run(s, m, trainer, train_cmd, predict_command(d, s.fold, trainer, pred_dir),
+                            _fold_dir(d.dataset_name, trainer, d.plans, d.configuration, s.fold), pred_dir,
+                            out / "evaluation" / m / s.run_name, {SEED_ENV: str(s.seed)}))
+    return runs
+
+
+def predict_command(design: Design, fold: int, trainer: str, pred_dir: Path,
+                    test_images: Path | None = None) -> list[str]:
+    """The stock ``nnUNetv2_predict`` command of one run (``test_images``: default the design's test images)."""
+    d = design
+    cmd = ["nnUNetv2_predict", "-i", str(test_images or d.test_images), "-o", str(pred_dir), "-d", d.dataset_name,
+           "-p", d.plans, "-c", d.configuration, "-f", str(fold), "-tr", trainer, "-chk", "checkpoint_final.pth",
+           "-device", d.device]
+    if d.disable_tta:
+        cmd.append("--disable_tta")
+    if d.npp is not None:
+        cmd += ["-npp", str(d.npp)]
+    if d.nps is not None:
+        cmd += ["-nps", str(d.nps)]
+    return cmd
+
+
+def write_commands(design: Design, runs: Sequence[Run]) -> list[str]:
+    """Step 3b: ``commands.sh`` (training, prediction, then the evaluation command); returns its lines."""
+    from nnunetv2_petct.nnunet.trainers.base import SEED_ENV
+
+    def train_line(r: Run) -> str:
+        return " ".join(f"{k}={shlex.quote(v)}" for k, v in r.train_env.items()) + " " + shlex.join(r.train_cmd)
+
+    out = design.out_dir
+    script = ["#!/usr/bin/env bash", "# label-efficiency grid; generated by nnUNetv2_petct_label_efficiency",
+              f"# dataset {design.dataset_name}; splits: {design.splits_file}; design: {out / DESIGN_FILE}",
+              "set -euo pipefail",
+              f"# 1) training (independent runs: distribute them over a cluster); {SEED_ENV} = the run's seed"]
+    script += list(dict.fromkeys(train_line(r) for r in runs))  # identical subsets of a replicate share a fold
+    script += ["# 2) prediction of the held-out test set (after training)"]
+    script += [shlex.join(r.predict_cmd) for r in runs]
+    script += ["# 3) evaluation and table:",
+               f"# nnUNetv2_petct_label_efficiency -d {design.dataset_name} ... --skip-training -o {out}"]
+    write_text_atomic("\n".join(script) + "\n", out / "commands.sh")
+    return script
+
+
+def train_run(design: Design, run: Run, skip_training: bool = False) -> Path:
+    """Step 4, *train*: ``nnUNetv2_train`` for ``run`` unless its ``checkpoint_final.pth`` exists (then its
+    recorded seed must be the design's); returns the checkpoint.
+
+    Raises:
+        LabelEfficiencyError: a seed mismatch, or ``skip_training`` without a checkpoint.
+        RunFailedError: the training failed.
+    """
+    from nnunetv2_petct.nnunet.trainers.base import read_training_seed
+
+    r = run
+    ckpt = r.fold_dir / "checkpoint_final.pth"
+    if ckpt.is_file():
+        rec = read_training_seed(r.fold_dir)
+        if rec is None:
+            logger.warning("%s: no training_seed.json (trained outside this runner?): its seed is unknown", r.fold_dir)
+        elif rec.get("seed") != r.subset.seed:
+            raise LabelEfficiencyError(
+                f"{r.fold_dir} was trained with seed {rec.get('seed')}, this design expects {r.subset.seed} "
+                f"(replicate {r.subset.replicate}); delete that fold folder to retrain, or use the same --seed")
+        logger.info("%s fold %d: checkpoint_final.pth exists, not training again", r.trainer, r.subset.fold)
+    elif skip_training:
+        raise LabelEfficiencyError(f"--skip-training but {ckpt} does not exist (run the training first)")
+    else:
+        _run_logged([_script(r.train_cmd[0]), *r.train_cmd[1:]],
+                    design.out_dir / "logs" / f"{r.method}_{r.subset.run_name}_train.log",
+                    f"training {r.trainer} fold {r.subset.fold} ({r.subset.run_name})", r.train_env)
+    return ckpt
+
+
+def predict_run(design: Design, run: Run) -> list[Prediction]:
+    """Step 5, *predict* (the default :data:`Predictor`): the stock ``nnUNetv2_predict`` of the test set into
+    ``run.pred_dir`` (emptied first); one plain :class:`Prediction`."""
+    r = run
+    if r.pred_dir.exists():
+        shutil.rmtree(r.pred_dir)
+    _run_logged([_script(r.predict_cmd[0]), *r.predict_cmd[1:]],
+                design.out_dir / "logs" / f"{r.method}_{r.subset.run_name}_predict.log",
+                f"prediction {r.trainer} fold {r.subset.fold} ({r.subset.run_name})")
+    return [Prediction(r, r.pred_dir, r.eval_dir)]
+
+
+def evaluate_prediction(design: Design, prediction: Prediction) -> tuple[dict, list[dict]]:
+    """Step 6, *evaluate*: autoPET metrics of one prediction folder against the design's test labels (PET
+    channel for the volumes when the dataset has one). Returns ``(run row, per-case rows)``; both carry the
+    run's columns (:data:`RUN_COLUMNS` / :data:`CASE_ROW_COLUMNS`) then ``prediction.columns``."""
+    from nnunetv2_petct.conversion.channels import channel_kind
+    from nnunetv2_petct.evaluation import evaluate_folders
+    from nnunetv2_petct.evaluation.folders import PER_CASE_CSV
+
+    p, r = prediction, prediction.run
+    names = design.dataset_json.get("channel_names", {})
+    pet_dir = design.test_images if len(names) > 1 and channel_kind(str(names.get("1", ""))) == "PET" else None
+    summary = evaluate_folders(design.test_labels, p.pred_dir, p.eval_dir, pet_dir=pet_dir, quiet=True)
+    mean = summary["mean"]
+    s = r.subset
+    base = {
+        "subset": s.name,
+        "replicate": s.replicate,
+        "seed": s.seed,
+        "fraction": s.requested_fraction if s.requested_fraction is not None else s.fraction,
+        "fraction_actual": s.fraction,
+        "shots": s.shots,
+        "n_train_cases": len(s.train),
+        "method": r.method,
+        "trainer": r.trainer,
+        "fold": s.fold,
+    }
+    run_row = {**base, "dice": mean.get("dice"), "fpv_ml": mean.get("fpv_ml"), "fnv_ml": mean.get("fnv_ml"),
+               "n_cases": summary["n_cases"], "n_cases_dice": summary["n_used"].get("dice"), **p.columns}
+    with open(p.eval_dir / PER_CASE_CSV, newline="") as f:
+        per_case = [{**base, "case": row["case"], **{m: _num(row[m]) for m in METRICS}, **p.columns}
+                    for row in csv.DictReader(f)]
+    return run_row, per_case
+
+
+def execute_runs(design: Design, runs: Sequence[Run], skip_training: bool = False, quiet: bool = False,
+                 predictor: Predictor | None = None) -> tuple[list[dict], list[dict]]:
+    """Steps 4-6 run by run (train, predict, evaluate each run before the next one starts, so a failure
+    stops the grid early): returns ``(run rows, per-case rows)``. ``predictor`` (default
+    :func:`predict_run`) returns the prediction variants of a run; each is evaluated into its own rows."""
+    from tqdm import tqdm
+
+    predictor = predictor or predict_run
+    run_rows: list[dict] = []
+    case_rows: list[dict] = []
+    bar = tqdm(runs, desc="label efficiency", unit="run", disable=quiet)
+    for r in bar:
+        bar.set_postfix_str(f"{r.method} {r.subset.run_name}")
+        train_run(design, r, skip_training)
+        for p in predictor(design, r):
+            run_row, per_case = evaluate_prediction(design, p)
+            run_rows.append(run_row)
+            case_rows.extend(per_case)
+    bar.close()
+    return run_rows, case_rows
+
+
+def tabulate(design: Design, run_rows: Sequence[Mapping], case_rows: Sequence[Mapping],
+             n_resamples: int = 10_000) -> dict[str, Path]:
+    """Step 7, *tabulate*: :func:`write_table` into the design's output folder; returns the files' paths."""
+    return write_table(run_rows, case_rows, design.out_dir, design.record(), n_resamples=n_resamples)
+
+
 def label_efficiency(
     dataset: str,
     out_dir: str | os.PathLike,
@@ -503,248 +991,29 @@ def label_efficiency(
 ) -> list[dict]:
     """Run (or, with ``dry_run``, plan) the grid; returns the per-run rows (empty for a dry run).
 
-    See the module doc for the design. The foundation checkpoint(s) are checked against the target
-    network and against the test set (leakage guard) before anything is written or run.
+    See the module doc for the design and the steps this composes. Every argument is validated, and the
+    foundation checkpoint(s) are checked against the target network and against the test set (leakage
+    guard), before the folds, the test folders or anything else of the grid is written or run.
 
     Raises:
         LabelEfficiencyError: bad input (named), an incompatible checkpoint (with the tensor list and
             the fix), test cases in the pretraining set (unless ``allow_test_overlap``), or a failed run
             (:class:`RunFailedError`, with its log file).
     """
-    from tqdm import tqdm
-
-    from nnunetv2_petct.nnunet.trainers.base import SEED_ENV, read_training_seed
-    from nnunetv2_petct.nnunet.trainers.finetune import (
-        NEEDS_PRETRAINED,
-        NEEDS_SEPARATED,
-        TRANSFER_TRAINERS,
-        network_from_plans,
-    )
-    from nnunetv2_petct.transfer.leakage import read_manifest_records
-    from nnunetv2_petct.transfer.splits import write_splits
-    from nnunetv2_petct.transfer.weights import (
-        IncompatibleCheckpointError,
-        check_compatibility,
-        load_checkpoint,
-    )
-
-    methods = list(dict.fromkeys(methods))
-    unknown = [m for m in methods if m not in TRANSFER_TRAINERS]
-    if unknown:
-        raise LabelEfficiencyError(f"unknown method(s) {unknown}; choose from {sorted(TRANSFER_TRAINERS)}")
-    if not methods:
-        raise LabelEfficiencyError("no method given")
-    if int(seeds) < 1:
-        raise LabelEfficiencyError(f"--seeds must be >= 1, got {seeds}")
-    need_weights = [m for m in methods if m in NEEDS_PRETRAINED]
-    if need_weights and pretrained is None:
-        raise LabelEfficiencyError(f"method(s) {need_weights} need --pretrained foundation_final.pth")
-    need_pair = [m for m in methods if m in NEEDS_SEPARATED]
-    if need_pair and (pretrained_ct is None or pretrained_pet is None):
-        raise LabelEfficiencyError(f"method(s) {need_pair} need --pretrained-ct and --pretrained-pet (the CT-only and "
-                                   f"PET-only foundation checkpoints)")
-    paths = {}
-    for what, p in (("pretrained", pretrained), ("pretrained CT", pretrained_ct), ("pretrained PET", pretrained_pet)):
-        if p is not None:
-            paths[what] = Path(p).resolve()
-            if not paths[what].is_file():
-                raise LabelEfficiencyError(f"{what} checkpoint not found: {paths[what]}")
-    pretrained = paths.get("pretrained")
-    if (test_images is None) != (test_labels is None):
-        raise LabelEfficiencyError("give both test_images and test_labels, or neither")
-    if test_images is not None and test_cases is not None:
-        raise LabelEfficiencyError("give either test_cases or test_images/test_labels, not both")
-
-    dataset_name = resolve_dataset(dataset)
-    pre_dir = _env_dir("nnUNet_preprocessed") / dataset_name
-    raw_dir = Path(os.environ.get("nnUNet_raw", "")) / dataset_name if os.environ.get("nnUNet_raw") else None
-    plans_file = pre_dir / f"{plans}.json"
-    if not plans_file.is_file():
-        raise LabelEfficiencyError(f"plans not found: {plans_file}")
-    plans_dict = json.loads(plans_file.read_text())
-    dataset_json = json.loads((pre_dir / "dataset.json").read_text())
-    cases = preprocessed_cases(pre_dir, plans_dict, configuration)
-    dirs = [d for d in (raw_dir, pre_dir) if d is not None and d.is_dir()]
-    c2p, patient_source = case_patients(cases, dirs)
-    trainers = {m: TRANSFER_TRAINERS[m] + trainer_suffix for m in methods}
-    _check_trainers_exist(list(trainers.values()))
-
-    out = Path(out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-
-    # held-out test set
-    if test_images is not None:
-        test_images, test_labels = Path(test_images).resolve(), Path(test_labels).resolve()
-        for d in (test_images, test_labels):
-            if not d.is_dir():
-                raise LabelEfficiencyError(f"test folder not found: {d}")
-        test = sorted(p.name[: -len(".nii.gz")] for p in test_labels.glob("*.nii.gz"))
-        if not test:
-            raise LabelEfficiencyError(f"no labels (*.nii.gz) in {test_labels}")
-        overlap = sorted(set(test) & set(cases))
-        if overlap:
-            raise LabelEfficiencyError(f"external test case(s) also in the training dataset: {overlap[:5]}")
-        test_source = f"external: {test_images}"
-        test_records = read_manifest_records(test_labels.parent)
-    else:
-        if test_cases is None:
-            from nnunetv2_petct.transfer.splits import subset_cases
-
-            test = subset_cases(c2p, fraction=test_fraction, seed=seed + 2)
-            test_source = f"seeded patient-grouped {test_fraction:g} of the dataset"
-        else:
-            test = sorted(test_cases)
-            missing = [c for c in test if c not in c2p]
-            if missing:
-                raise LabelEfficiencyError(f"test case(s) not in the preprocessed dataset: {missing[:5]}")
-            test_source = "case list"
-        if raw_dir is None or not (raw_dir / "imagesTr").is_dir():
-            raise LabelEfficiencyError("in-dataset test cases need the raw dataset ($nnUNet_raw/<dataset>/imagesTr)")
-        test_records = next((r for r in map(read_manifest_records, dirs) if r is not None), None)
-        test_images, test_labels = _prepare_test_folders(test, raw_dir, out)
-
-    # shots draw among lesion-positive cases
-    eligible = None
-    if shots:
-        labels_dir = raw_dir / "labelsTr" if raw_dir is not None else None
-        eligible = lesion_positive([c for c in cases if c not in set(test)], dirs, labels_dir)
-
-    pool, val, subsets = design_subsets(c2p, test, fractions, shots, val_fraction, seed, eligible, int(seeds))
-
-    # checkpoints: compatibility with this dataset's network and the leakage guard, before anything is written
-    checked = []
-    if pretrained is not None and need_weights:
-        ckpt = load_checkpoint(pretrained)
-        if _merged_checkpoint(ckpt) and any(m != "pretrained" for m in need_weights):
-            raise LabelEfficiencyError(
-                f"{pretrained} merges two single-modality checkpoints (nnUNetv2_petct_adapt_checkpoint --ct/--pet): "
-                f"it only initialises fine-tuning (method 'pretrained'); a merged network computes neither model's "
-                f"features, so do not probe it — use method late_fusion_probe with --pretrained-ct/--pretrained-pet")
-        net = network_from_plans(plans_dict, configuration, dataset_json=dataset_json)
-        try:
-            rep = check_compatibility(ckpt, net)
-        except IncompatibleCheckpointError as e:
-            raise LabelEfficiencyError(str(e)) from e
-        if not rep.ok:
-            raise LabelEfficiencyError(f"{pretrained} does not fit {dataset_name} ({plans}, {configuration}):\n"
-                                       + rep.message())
-        checked.append(("joint CT+PET foundation (--pretrained)", pretrained, ckpt))
-    late_fusion_file = None
-    if need_pair:
-        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-        from nnunetv2_petct.nnunet.trainers.late_fusion import build_late_fusion_network
-        from nnunetv2_petct.transfer.late_fusion import LateFusionError, write_late_fusion_checkpoint
-
-        late_fusion_file = out / LATE_FUSION_FILE
-        try:
-            bundle = write_late_fusion_checkpoint(paths["pretrained CT"], paths["pretrained PET"], late_fusion_file)
-        except (IncompatibleCheckpointError, LateFusionError) as e:
-            raise LabelEfficiencyError(f"late-fusion checkpoint: {e}") from e
-        pm = PlansManager(plans_dict)
-        net = build_late_fusion_network(pm, pm.get_configuration(configuration), len(dataset_json["channel_names"]),
-                                        pm.get_label_manager(dataset_json).num_segmentation_heads)
-        rep = check_compatibility(bundle, net)
-        if not rep.ok:
-            raise LabelEfficiencyError(f"the CT-only/PET-only checkpoints do not fit {dataset_name} ({plans}, "
-                                       f"{configuration}):\n" + rep.message())
-        checked.append(("separated CT-only + PET-only foundations (--pretrained-ct/--pretrained-pet)", late_fusion_file,
-                        bundle))
-    leakage = _check_leakage(checked, test, test_records, allow_test_overlap)
-
-    splits_file = pre_dir / "splits_final.json"
-    existing = json.loads(splits_file.read_text()) if splits_file.is_file() else []
-    cv_cases = {c: p for c, p in c2p.items() if c not in set(test)}
-    splits, folds = assign_folds(existing, [{"train": s["train"], "val": val, "group": s["replicate"]}
-                                            for s in subsets], cv_cases, seed)
-    if splits != existing:
-        write_splits(splits, splits_file)
-    design = Design(dataset_name, configuration, plans, seed, pool, val, list(test), test_source,
-                    [Subset(s["name"], f, s["train"], s["fraction"], s["requested_fraction"], s["shots"],
-                            s["replicate"], s["seed"], s["run_name"]) for s, f in zip(subsets, folds)],
-                    str(splits_file), int(seeds))
-    d = design.to_dict()
-    d["patients_from"] = patient_source
-    d["replicates"] = [{"replicate": k, "seed": replicate_seed(seed, k),
-                        "used_for": "subset draws (fractions < 1, K-shot) and training seed (NNUNETV2_PETCT_SEED)"}
-                       for k in range(int(seeds))]
-    schedules = {m: _schedule(trainers[m]) for m in methods}
-    d["methods"] = {m: {"trainer": trainers[m], "recipe": _recipe(m, trainers[m], schedules[m]),
-                        "schedule": schedules[m]} for m in methods}
-    d["leakage_check"] = leakage
-    d["late_fusion_checkpoint"] = str(late_fusion_file) if late_fusion_file else None
-    write_json_atomic(d, out / DESIGN_FILE)
-
-    runs: list[Run] = []
-    for s in design.subsets:
-        for m in methods:
-            trainer = trainers[m]
-            train_cmd = ["nnUNetv2_train", dataset_name, configuration, str(s.fold), "-tr", trainer, "-p", plans,
-                         "-device", device]
-            if m in NEEDS_PRETRAINED:
-                train_cmd += ["-pretrained_weights", str(pretrained)]
-            if m in NEEDS_SEPARATED:
-                train_cmd += ["-pretrained_weights", str(late_fusion_file)]
-            pred_dir = out / "predictions" / m / s.run_name
-            predict_cmd = ["nnUNetv2_predict", "-i", str(test_images), "-o", str(pred_dir), "-d", dataset_name,
-                           "-p", plans, "-c", configuration, "-f", str(s.fold), "-tr", trainer,
-                           "-chk", "checkpoint_final.pth", "-device", device]
-            if disable_tta:
-                predict_cmd.append("--disable_tta")
-            if npp is not None:
-                predict_cmd += ["-npp", str(npp)]
-            if nps is not None:
-                predict_cmd += ["-nps", str(nps)]
-            runs.append(Run(s, m, trainer, train_cmd, predict_cmd,
-                            _fold_dir(dataset_name, trainer, plans, configuration, s.fold), pred_dir,
-                            out / "evaluation" / m / s.run_name, {SEED_ENV: str(s.seed)}))
-
-    def train_line(r: Run) -> str:
-        return " ".join(f"{k}={shlex.quote(v)}" for k, v in r.train_env.items()) + " " + shlex.join(r.train_cmd)
-
-    script = ["#!/usr/bin/env bash", "# label-efficiency grid; generated by nnUNetv2_petct_label_efficiency",
-              f"# dataset {dataset_name}; splits: {splits_file}; design: {out / DESIGN_FILE}", "set -euo pipefail",
-              f"# 1) training (independent runs: distribute them over a cluster); {SEED_ENV} = the run's seed"]
-    script += list(dict.fromkeys(train_line(r) for r in runs))  # identical subsets of a replicate share a fold
-    script += ["# 2) prediction of the held-out test set (after training)"]
-    script += [shlex.join(r.predict_cmd) for r in runs]
-    script += ["# 3) evaluation and table:",
-               f"# nnUNetv2_petct_label_efficiency -d {dataset_name} ... --skip-training -o {out}"]
-    write_text_atomic("\n".join(script) + "\n", out / "commands.sh")
+    design = make_design(
+        dataset, out_dir, fractions=fractions, shots=shots, pretrained=pretrained, methods=methods,
+        trainer_suffix=trainer_suffix, configuration=configuration, plans=plans, test_cases=test_cases,
+        test_images=test_images, test_labels=test_labels, test_fraction=test_fraction, val_fraction=val_fraction,
+        seed=seed, seeds=seeds, pretrained_ct=pretrained_ct, pretrained_pet=pretrained_pet,
+        allow_test_overlap=allow_test_overlap, device=device, disable_tta=disable_tta, npp=npp, nps=nps)
+    make_folds(design)
+    runs = plan_runs(design)
+    script = write_commands(design, runs)
     if dry_run:
         print("\n".join(script[4:]))
         return []
-
-    run_rows, case_rows = [], []
-    bar = tqdm(runs, desc="label efficiency", unit="run", disable=quiet)
-    for r in bar:
-        bar.set_postfix_str(f"{r.method} {r.subset.run_name}")
-        ckpt = r.fold_dir / "checkpoint_final.pth"
-        if ckpt.is_file():
-            rec = read_training_seed(r.fold_dir)
-            if rec is None:
-                logger.warning("%s: no training_seed.json (trained outside this runner?): its seed is unknown", r.fold_dir)
-            elif rec.get("seed") != r.subset.seed:
-                raise LabelEfficiencyError(
-                    f"{r.fold_dir} was trained with seed {rec.get('seed')}, this design expects {r.subset.seed} "
-                    f"(replicate {r.subset.replicate}); delete that fold folder to retrain, or use the same --seed")
-            logger.info("%s fold %d: checkpoint_final.pth exists, not training again", r.trainer, r.subset.fold)
-        elif skip_training:
-            raise LabelEfficiencyError(f"--skip-training but {ckpt} does not exist (run the training first)")
-        else:
-            _run_logged([_script(r.train_cmd[0]), *r.train_cmd[1:]],
-                        out / "logs" / f"{r.method}_{r.subset.run_name}_train.log",
-                        f"training {r.trainer} fold {r.subset.fold} ({r.subset.run_name})", r.train_env)
-        if r.pred_dir.exists():
-            shutil.rmtree(r.pred_dir)
-        _run_logged([_script(r.predict_cmd[0]), *r.predict_cmd[1:]],
-                    out / "logs" / f"{r.method}_{r.subset.run_name}_predict.log",
-                    f"prediction {r.trainer} fold {r.subset.fold} ({r.subset.run_name})")
-        run_row, per_case = _evaluate(r, Path(test_labels), Path(test_images), dataset_json)
-        run_rows.append(run_row)
-        case_rows.extend(per_case)
-    bar.close()
-    write_table(run_rows, case_rows, out, d, n_resamples=n_resamples)
+    run_rows, case_rows = execute_runs(design, runs, skip_training=skip_training, quiet=quiet)
+    tabulate(design, run_rows, case_rows, n_resamples=n_resamples)
     return run_rows
 
 
@@ -777,35 +1046,6 @@ def _num(v) -> float:
     except (TypeError, ValueError):
         return math.nan
     return x
-
-
-def _evaluate(r: Run, test_labels: Path, test_images: Path, dataset_json: dict) -> tuple[dict, list[dict]]:
-    from nnunetv2_petct.conversion.channels import channel_kind
-    from nnunetv2_petct.evaluation import evaluate_folders
-    from nnunetv2_petct.evaluation.folders import PER_CASE_CSV
-
-    names = dataset_json.get("channel_names", {})
-    pet_dir = test_images if len(names) > 1 and channel_kind(str(names.get("1", ""))) == "PET" else None
-    summary = evaluate_folders(test_labels, r.pred_dir, r.eval_dir, pet_dir=pet_dir, quiet=True)
-    mean = summary["mean"]
-    s = r.subset
-    base = {
-        "subset": s.name,
-        "replicate": s.replicate,
-        "seed": s.seed,
-        "fraction": s.requested_fraction if s.requested_fraction is not None else s.fraction,
-        "fraction_actual": s.fraction,
-        "shots": s.shots,
-        "n_train_cases": len(s.train),
-        "method": r.method,
-        "trainer": r.trainer,
-        "fold": s.fold,
-    }
-    run_row = {**base, "dice": mean.get("dice"), "fpv_ml": mean.get("fpv_ml"), "fnv_ml": mean.get("fnv_ml"),
-               "n_cases": summary["n_cases"], "n_cases_dice": summary["n_used"].get("dice")}
-    with open(r.eval_dir / PER_CASE_CSV, newline="") as f:
-        per_case = [{**base, "case": row["case"], **{m: _num(row[m]) for m in METRICS}} for row in csv.DictReader(f)]
-    return run_row, per_case
 
 
 # ------------------------------------------------------------------------------------- statistics
