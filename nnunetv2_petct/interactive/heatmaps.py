@@ -19,6 +19,16 @@ import numpy as np
 #: one click marks a lesion-sized blob.
 DEFAULT_SIGMA_MM = 5.0
 TRUNCATE_SIGMAS = 4.0
+#: The heatmap is never narrower than this many voxels of the coarsest axis (a click on a coarse grid is
+#: then a blob the network can see, not a one-voxel speck).
+MIN_SIGMA_VOXELS = 1.5
+
+
+def effective_sigma_mm(sigma_mm: float, spacing_mm: Sequence[float]) -> float:
+    """The sigma used on a grid: ``max(sigma_mm, MIN_SIGMA_VOXELS * max(spacing_mm))``. At autoPET's
+    2-4 mm voxels that is 5-6 mm; on the 6-8 mm grids of the CPU phantoms 9-12 mm. Training and
+    prediction both apply it on the network's grid (the plans' spacing), so they always agree."""
+    return max(float(sigma_mm), MIN_SIGMA_VOXELS * max(float(s) for s in spacing_mm))
 
 
 def _check(spacing_mm: Sequence[float], sigma_mm: float) -> tuple[tuple[float, float, float], float]:
@@ -148,5 +158,5 @@ def map_points_to_preprocessed(points_zyx, *, transpose_forward: Sequence[int], 
     return q.astype(np.int64)
 
 
-__all__ = ["DEFAULT_SIGMA_MM", "TRUNCATE_SIGMAS", "click_channels", "click_heatmap", "map_points_to_preprocessed",
+__all__ = ["DEFAULT_SIGMA_MM", "MIN_SIGMA_VOXELS", "TRUNCATE_SIGMAS", "click_channels", "effective_sigma_mm", "click_heatmap", "map_points_to_preprocessed",
            "points_inside", "render_click_channels_torch"]

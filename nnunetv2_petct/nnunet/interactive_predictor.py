@@ -26,7 +26,12 @@ from pathlib import Path
 import numpy as np
 
 from nnunetv2_petct.interactive.clicks import Clicks, check_clicks_in_image
-from nnunetv2_petct.interactive.heatmaps import DEFAULT_SIGMA_MM, click_heatmap, map_points_to_preprocessed
+from nnunetv2_petct.interactive.heatmaps import (
+    DEFAULT_SIGMA_MM,
+    click_heatmap,
+    effective_sigma_mm,
+    map_points_to_preprocessed,
+)
 from nnunetv2_petct.nnunet.predictor import ModelSelectionError, NnUNetLesionPredictor
 
 logger = logging.getLogger(__name__)
@@ -98,7 +103,7 @@ class InteractiveSession:
                 np.asarray(pts, float), transpose_forward=pm.transpose_forward,
                 bbox=props["bbox_used_for_cropping"],
                 shape_after_crop=props["shape_after_cropping_and_before_resampling"], shape_after_resample=shape)
-            maps.append(click_heatmap(mapped, shape, self._spacing_pp, self.sigma_mm))
+            maps.append(click_heatmap(mapped, shape, self._spacing_pp, effective_sigma_mm(self.sigma_mm, self._spacing_pp)))
         return np.stack(maps).astype(np.float32)
 
     def predict(self, clicks: Clicks | None = None, source: str = "clicks") -> np.ndarray:

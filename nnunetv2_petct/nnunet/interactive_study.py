@@ -113,7 +113,7 @@ def click_axis(runner_out: str | os.PathLike, test_images: str | os.PathLike, te
     run_rows, case_rows, click_seconds = [], [], []
     for s in design["subsets"]:
         for m in methods:
-            trainer = TRANSFER_TRAINERS[m] + trainer_suffix
+            trainer = design.get("methods", {}).get(m, {}).get("trainer") or TRANSFER_TRAINERS[m] + trainer_suffix
             base = {"subset": s["name"], "run": s["run_name"], "replicate": s["replicate"], "seed": s["seed"],
                     "method": m, "trainer": trainer, "n_train_cases": len(s["train"])}
             if is_interactive_method(m):

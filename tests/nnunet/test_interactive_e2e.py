@@ -1,8 +1,14 @@
 """Click-guided trainers and predictions through the real CLIs on phantoms (issue 23).
 
-One session fixture trains, through stock ``nnUNetv2_train``, ``nnUNetTrainerPETCTInteractive_tiny`` from a
-foundation checkpoint (the 4-channel stem check) and ``nnUNetTrainerPETCTInteractiveScratch_demo`` from
-scratch (long enough to learn to follow clicks: the model the prediction tests use).
+One session fixture trains, through stock ``nnUNetv2_train``:
+
+- ``nnUNetTrainerPETCTInteractive_tiny`` from a foundation checkpoint on the tiny dataset (the 4-channel stem
+  check, stock ``nnUNetv2_predict`` compatibility);
+- ``nnUNetTrainerPETCTInteractiveScratch_cpu1h`` from scratch on a copy of the tiny dataset whose lesions are
+  hidden in the PET (uptake replaced by the surrounding background): only a click can show where a lesion is,
+  so the model must learn to follow clicks, and a short CPU training does. The prediction tests use it: they
+  prove the click pathway end to end (clicks rendered in training, mapped into nnU-Net's preprocessed grid at
+  prediction, the CLI), not the model's quality on real lesions (that is the ``interactive`` benchmark's job).
 """
 
 from __future__ import annotations
@@ -16,33 +22,76 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from scipy import ndimage
 
 from tests.conftest import cli, run
-from tests.nnunet.test_finetune_trainers import (
-    copy_dataset,
-    fold_dir,
-    make_foundation_checkpoint,
-    pretraining_data,
-)
+from tests.nnunet.test_finetune_trainers import copy_dataset, fold_dir, make_foundation_checkpoint, pretraining_data
 
 pytestmark = pytest.mark.slow
 
 COPY_ID, COPY_NAME = 571, "PETCTInteractiveTiny"
+HIDDEN_ID, HIDDEN_NAME = 572, "PETCTHiddenLesionsTiny"
 FROM_FOUNDATION = "nnUNetTrainerPETCTInteractive_tiny"
-CLICK_MODEL = "nnUNetTrainerPETCTInteractiveScratch_demo"
+CLICK_MODEL = "nnUNetTrainerPETCTInteractiveScratch_cpu1h"
 
 
 @dataclass
 class Interactive:
     env: dict
     dataset_name: str
+    hidden_name: str
     foundation: Path
-    test_images: Path
+    test_images: Path  # the tiny dataset's held-out cases
     test_labels: Path
+    hidden_images: Path  # the same cases with their lesions hidden in the PET
     work: Path
 
-    def model(self, trainer: str) -> Path:
-        return fold_dir(self.env, self.dataset_name, trainer, 0).parent
+    def model(self, trainer: str = CLICK_MODEL) -> Path:
+        name = self.hidden_name if trainer == CLICK_MODEL else self.dataset_name
+        return fold_dir(self.env, name, trainer, 0).parent
+
+
+def hide_lesions(pet_file: Path, label_file: Path, out_file: Path) -> None:
+    """The PET with every lesion (grown by 2 voxels) set to the median of a 2-voxel shell around it."""
+    pet = sitk.ReadImage(str(pet_file))
+    lesion = sitk.GetArrayFromImage(sitk.ReadImage(str(label_file))) > 0
+    a = sitk.GetArrayFromImage(pet).astype(np.float32)
+    if lesion.any():
+        grown = ndimage.binary_dilation(lesion, iterations=2)
+        shell = ndimage.binary_dilation(grown, iterations=2) & ~grown
+        a[grown] = float(np.median(a[shell]))
+    img = sitk.GetImageFromArray(a)
+    img.CopyInformation(pet)
+    sitk.WriteImage(img, str(out_file))
+
+
+def _hidden_dataset(d, work: Path) -> tuple[str, Path]:
+    """Raw + preprocessed copy of the tiny dataset with hidden lesions (same plans), and hidden test images."""
+    src, new = d.dataset_name, f"Dataset{HIDDEN_ID:03d}_{HIDDEN_NAME}"
+    raw, pre = Path(d.env["nnUNet_raw"]), Path(d.env["nnUNet_preprocessed"])
+    (raw / new / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (raw / new / "labelsTr").mkdir(exist_ok=True)
+    shutil.copy2(raw / src / "dataset.json", raw / new / "dataset.json")
+    for lab in sorted((raw / src / "labelsTr").glob("*.nii.gz")):
+        case = lab.name[: -len(".nii.gz")]
+        shutil.copy2(lab, raw / new / "labelsTr" / lab.name)
+        shutil.copy2(raw / src / "imagesTr" / f"{case}_0000.nii.gz", raw / new / "imagesTr" / f"{case}_0000.nii.gz")
+        hide_lesions(raw / src / "imagesTr" / f"{case}_0001.nii.gz", lab, raw / new / "imagesTr" / f"{case}_0001.nii.gz")
+    (pre / new).mkdir(exist_ok=True)
+    for f in ("dataset.json", "dataset_fingerprint.json"):
+        shutil.copy2(pre / src / f, pre / new / f)
+    plans = json.loads((pre / src / "nnUNetPlans.json").read_text())
+    plans["dataset_name"] = new
+    (pre / new / "nnUNetPlans.json").write_text(json.dumps(plans, indent=2))
+    run([cli("nnUNetv2_preprocess"), "-d", str(HIDDEN_ID), "-c", "3d_fullres", "-np", "2"],
+        {**d.env, "nnUNet_n_proc_DA": "2"}, timeout=900)
+    images = work / "hidden_images"
+    images.mkdir()
+    for lab in sorted(d.test_labels.glob("*.nii.gz")):
+        case = lab.name[: -len(".nii.gz")]
+        shutil.copy2(d.test_images / f"{case}_0000.nii.gz", images / f"{case}_0000.nii.gz")
+        hide_lesions(d.test_images / f"{case}_0001.nii.gz", lab, images / f"{case}_0001.nii.gz")
+    return new, images
 
 
 @pytest.fixture(scope="session")
@@ -56,9 +105,10 @@ def interactive(tiny_dataset, tmp_path_factory) -> Interactive:
     make_foundation_checkpoint(pre, foundation, metadata={"pretraining_data": pretraining_data(["unlabeled_001"])})
     run([cli("nnUNetv2_train"), str(COPY_ID), "3d_fullres", "0", "-tr", FROM_FOUNDATION, "-device", "cpu",
          "-pretrained_weights", str(foundation)], env, timeout=900)
-    run([cli("nnUNetv2_train"), str(COPY_ID), "3d_fullres", "0", "-tr", CLICK_MODEL, "-device", "cpu"],
+    hidden, hidden_images = _hidden_dataset(d, work)
+    run([cli("nnUNetv2_train"), str(HIDDEN_ID), "3d_fullres", "0", "-tr", CLICK_MODEL, "-device", "cpu"],
         {**env, "OMP_NUM_THREADS": "2"}, timeout=1500)
-    return Interactive(env, name, foundation, d.test_images, d.test_labels, work)
+    return Interactive(env, name, hidden, foundation, d.test_images, d.test_labels, hidden_images, work)
 
 
 def _read(path: Path) -> tuple[np.ndarray, sitk.Image]:

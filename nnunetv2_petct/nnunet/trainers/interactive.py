@@ -7,7 +7,8 @@
 The dataset stays CT (``_0000``) + PET (``_0001``). The network reads four channels: CT, PET, a Gaussian
 heatmap of the tumor clicks and one of the background clicks
 (:mod:`nnunetv2_petct.interactive.heatmaps`, sigma :data:`~nnunetv2_petct.interactive.heatmaps.DEFAULT_SIGMA_MM`
-in mm). The click channels are rendered on the fly inside every training and validation step, on the
+in mm, at least 1.5 voxels of the coarsest axis: :func:`~nnunetv2_petct.interactive.heatmaps.effective_sigma_mm`).
+The click channels are rendered on the fly inside every training and validation step, on the
 training device, from clicks simulated on the patch's own label
 (:func:`nnunetv2_petct.interactive.simulation.sample_batch_clicks`: a random number of tumor and background
 clicks per sample, none at all with some probability; tumor clicks inside lesions preferring the interior;
@@ -41,7 +42,11 @@ import os
 import numpy as np
 import torch
 
-from nnunetv2_petct.interactive.heatmaps import DEFAULT_SIGMA_MM, render_click_channels_torch
+from nnunetv2_petct.interactive.heatmaps import (
+    DEFAULT_SIGMA_MM,
+    effective_sigma_mm,
+    render_click_channels_torch,
+)
 from nnunetv2_petct.interactive.simulation import TrainingClickConfig, sample_batch_clicks
 from nnunetv2_petct.io import write_json_atomic
 from nnunetv2_petct.nnunet.trainers.base import (
@@ -180,7 +185,9 @@ class InteractiveClicksMixin:
             self._click_rng = np.random.default_rng(self._click_seed)
             self.print_to_log_file(
                 f"interactive: {CLICK_CHANNELS} click channels (tumor, background), Gaussian sigma "
-                f"{self.click_sigma_mm} mm, clicks simulated per sample from the label: {self.click_config}")
+                f"{effective_sigma_mm(self.click_sigma_mm, self.configuration_manager.spacing):.1f} mm "
+                f"(max of {self.click_sigma_mm} mm and 1.5 voxels), clicks simulated per sample from the label: "
+                f"{self.click_config}")
 
     def _check_pretrained_weights_file(self) -> None:
         # -pretrained_weights holds a 2-channel (CT, PET) network: nnU-Net's loader demands equal shapes, so the
@@ -246,7 +253,8 @@ class InteractiveClicksMixin:
         as_b = [torch.as_tensor(np.asarray(p, dtype=np.float32).reshape(-1, 3)) for p in background]
         data = data.to(self.device, non_blocking=True)
         maps = render_click_channels_torch(as_t, as_b, tuple(data.shape[2:]), tuple(self.configuration_manager.spacing),
-                                           self.click_sigma_mm, device=data.device)
+                                           effective_sigma_mm(self.click_sigma_mm, self.configuration_manager.spacing),
+                                           device=data.device)
         out = dict(batch)
         out["data"] = torch.cat([data, maps.to(data.dtype)], dim=1)
         return out
