@@ -27,29 +27,19 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
-METHODS = ("interactive_pretrained", "interactive_scratch", "pretrained")
 BUDGETS = ("cpu-1h", "gpu", "tiny")
 GRID_FOLDER = "grid_interactive"
 
 
 def profile_for(budget: str):
-    """The demo profile of a budget (see the module doc)."""
+    """The demo profile of a budget (see the module doc; defined in :data:`nnunetv2_petct.demo.config.PROFILES`)."""
     from nnunetv2_petct.demo.config import PROFILES
 
-    if budget == "cpu-1h":
-        return replace(PROFILES["demo"], name="bench-interactive-cpu", methods=METHODS, seeds=3,
-                       description="interactive benchmark, ~30-40 min on 2 CPU cores")
-    if budget == "gpu":
-        return replace(PROFILES["bench-gpu"], name="bench-interactive-gpu", methods=METHODS, fractions=(0.3,),
-                       description="interactive benchmark for one GPU")
-    if budget == "tiny":
-        return replace(PROFILES["bench-tiny"], name="bench-interactive-tiny",
-                       methods=("interactive_pretrained", "pretrained"), seeds=1,
-                       description="the interactive benchmark's code path at the tiniest size (tests)")
-    raise ValueError(f"unknown budget {budget!r}; choose from {', '.join(BUDGETS)}")
+    if budget not in BUDGETS:
+        raise ValueError(f"unknown budget {budget!r}; choose from {', '.join(BUDGETS)}")
+    return PROFILES[f"bench-interactive-{'cpu' if budget == 'cpu-1h' else budget}"]
 
 
 def run(budget: str = "cpu-1h", out: str | os.PathLike | None = None, device: str | None = None,
@@ -113,4 +103,4 @@ def run(budget: str = "cpu-1h", out: str | os.PathLike | None = None, device: st
     }
 
 
-__all__ = ["BUDGETS", "METHODS", "profile_for", "run"]
+__all__ = ["BUDGETS", "profile_for", "run"]

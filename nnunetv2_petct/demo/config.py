@@ -81,6 +81,18 @@ PROFILES = {
 PROFILES["bench-tiny"] = replace(PROFILES["test"], name="bench-tiny", fractions=(1.0,), methods=("pretrained", "scratch"),
                                  seeds=2, description="the benchmark's code path at the tiniest size (tests)")
 
+# The interactive (click-guided) benchmark, ``python -m nnunetv2_petct.benchmarks interactive``: the label-efficiency
+# pipeline with the interactive methods and the non-interactive fine-tuned model on the same subsets and seeds.
+INTERACTIVE_METHODS = ("interactive_pretrained", "interactive_scratch", "pretrained")
+PROFILES["bench-interactive-cpu"] = replace(PROFILES["demo"], name="bench-interactive-cpu", methods=INTERACTIVE_METHODS,
+                                            seeds=3, description="interactive benchmark, ~40 min on 2 CPU cores")
+PROFILES["bench-interactive-gpu"] = replace(PROFILES["bench-gpu"], name="bench-interactive-gpu",
+                                            methods=INTERACTIVE_METHODS, fractions=(0.3,),
+                                            description="interactive benchmark for one GPU")
+PROFILES["bench-interactive-tiny"] = replace(PROFILES["bench-tiny"], name="bench-interactive-tiny",
+                                             methods=("interactive_pretrained", "pretrained"), seeds=1,
+                                             description="the interactive benchmark's code path (tests)")
+
 
 @dataclass
 class Demo:

@@ -66,3 +66,10 @@ def test_mapping_through_transpose_crop_and_resampling_by_hand():
     assert edge.tolist() == [[0, 0, 0]]  # cropped away: clipped to the border
     assert map_points_to_preprocessed(np.zeros((0, 3)), transpose_forward=(0, 1, 2), bbox=[[0, 1]] * 3,
                                       shape_after_crop=(1, 1, 1), shape_after_resample=(1, 1, 1)).shape == (0, 3)
+
+
+def test_effective_sigma_is_never_below_one_and_a_half_voxels():
+    from nnunetv2_petct.interactive.heatmaps import effective_sigma_mm
+
+    assert effective_sigma_mm(5.0, (3.0, 2.0, 2.0)) == 5.0   # autoPET-like grid: 1.5 * 3 = 4.5 < 5
+    assert effective_sigma_mm(5.0, (8.0, 6.0, 6.0)) == 12.0  # the CPU phantoms: 1.5 * 8
