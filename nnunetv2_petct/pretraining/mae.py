@@ -62,7 +62,11 @@ class MAEConfig:
       - ``grad_clip``: max gradient norm (None: no clipping).
 
     Augmentation (spatial only; see the trainer for why there is no intensity augmentation):
-      ``zoom_range`` with probability ``p_zoom``, and random mirroring along all axes when ``mirror``.
+      ``zoom_range`` with probability ``p_zoom``, and random mirroring along all axes when ``mirror``;
+      ``spatial_augment_on``: ``"device"`` (batched on the training device inside the training step,
+      :mod:`nnunetv2_petct.pretraining.augment`; the loader workers only read and crop) or ``"cpu"``
+      (batchgeneratorsv2's ``SpatialTransform`` + ``MirrorTransform`` per patch in the loader workers, the
+      pipeline before issue 22; same distribution, kept for comparison).
 
     Reproducibility and outputs: ``seed`` seeds the training mask generator, re-seeded every epoch with
     :func:`seed_for` (seed, DDP rank, epoch: ranks draw different masks and a resumed run draws the same
@@ -87,6 +91,7 @@ class MAEConfig:
     zoom_range: tuple[float, float] = (0.9, 1.1)
     p_zoom: float = 0.2
     mirror: bool = True
+    spatial_augment_on: str = "device"
     seed: int = 12345
     val_seed: int = 4242
     final_val_max_cases: int = 20
@@ -111,6 +116,10 @@ class MAEConfig:
                 raise ValueError("give block_size (voxels) or block_size_mm, not both")
             if any(not float(b) > 0 for b in self.block_size_mm):
                 raise ValueError(f"block_size_mm entries must be > 0, got {self.block_size_mm}")
+        if self.spatial_augment_on not in ("device", "cpu"):
+            raise ValueError(f"spatial_augment_on must be 'device' or 'cpu', got {self.spatial_augment_on!r}")
+        if not 0.0 <= float(self.p_zoom) <= 1.0:
+            raise ValueError(f"p_zoom must be in [0, 1], got {self.p_zoom}")
         lo, hi = self.zoom_range
         if not 0 < lo <= hi:
             raise ValueError(f"zoom_range must satisfy 0 < low <= high, got {self.zoom_range}")

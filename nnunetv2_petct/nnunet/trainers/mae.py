@@ -20,6 +20,19 @@ Data and augmentation
     reproduce random corruption or shift the intensity statistics (HU and SUV are quantitative, and zero
     imputation relies on 0 being the mean of the normalized data). Zoom pads with 0 (the mean).
 
+    Where it runs (``mae_config.spatial_augment_on``, default ``"device"``): nnU-Net's loader workers only
+    decompress and crop a source patch of the final patch plus exactly the zoom margin
+    (:func:`~nnunetv2_petct.pretraining.augment.zoom_margin_patch_size`: ``ceil(max(1, zoom_max) (P - 1)) + 1``
+    per axis, 106x141x141 for 96x128x128; no rotation margin), and ``train_step`` zooms and mirrors the whole
+    batch on the training device (:mod:`nnunetv2_petct.pretraining.augment`: same distribution and output
+    geometry as batchgeneratorsv2's ``SpatialTransform`` + ``MirrorTransform`` with these settings) before the
+    masking. The parameters come from a CPU generator re-seeded every epoch from ``seed``, rank and epoch (a
+    stream separate from the masks'), so ``--c`` and CPU/GPU runs draw the same zooms and flips. Where the
+    plans normalise inside a mask (``use_mask_for_norm``), the loader zeroes the outside of the mask before the
+    zoom instead of after it (a difference only in the interpolated edge voxels). ``"cpu"``
+    (:class:`nnUNetTrainerPETCTMAE_CPUAugment`) is the earlier pipeline: both transforms per patch in the
+    workers, from nnU-Net's initial patch ``get_patch_size(patch, 0, 0, 0, zoom_range)``.
+
 Validation
     Every epoch, ``num_val_iterations_per_epoch`` batches from the validation cases (random patches, as
     nnU-Net's own validation) are scored with deterministic masks (a generator re-seeded with
@@ -84,6 +97,12 @@ from nnunetv2_petct.nnunet.trainers.base import (
     TrainingSeedMixin,
     unwrap_network,
 )
+from nnunetv2_petct.pretraining.augment import (
+    apply_spatial_augmentation,
+    augment_seed,
+    sample_spatial_params,
+    zoom_margin_patch_size,
+)
 from nnunetv2_petct.pretraining.mae import (
     PAPER_BLOCK_SIZE,
     PAPER_BLOCK_SIZE_MM,
@@ -141,6 +160,7 @@ class nnUNetTrainerPETCTMAE(TrainingSeedMixin, PETCTChannelCheckMixin, CheckedPr
         self.mae_block_size = self._resolve_mae_block_size()
         self._mae_generator: torch.Generator | None = None
         self._mae_val_generator: torch.Generator | None = None
+        self._mae_augment_generator: torch.Generator | None = None
         self._val_batch_index = 0
         self._val_loss_ema: float | None = None
         self._best_val_loss_ema: float | None = None
@@ -202,6 +222,7 @@ class nnUNetTrainerPETCTMAE(TrainingSeedMixin, PETCTChannelCheckMixin, CheckedPr
                              f"{n_dataset}")
         self._mae_generator = torch.Generator(device=self.device)
         self._mae_val_generator = torch.Generator(device=self.device)
+        self._mae_augment_generator = torch.Generator()  # CPU: parameters only (see augment_on_device)
         self.print_to_log_file("MAE pretraining config:", json.dumps(self.mae_config.to_dict()),
                                f"| block size {list(self.mae_block_size)} over patch "
                                f"{list(self.configuration_manager.patch_size)} | network channels in/out {n} "
@@ -233,12 +254,20 @@ class nnUNetTrainerPETCTMAE(TrainingSeedMixin, PETCTChannelCheckMixin, CheckedPr
         return optimizer, scheduler
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        """No rotation; mirroring along all axes (``mirror``); the loader's crop size: the patch plus the zoom
+        margin (``zoom_margin_patch_size``) when augmenting on the device, nnU-Net's ``get_patch_size`` for the
+        CPU pipeline (``spatial_augment_on="cpu"``, as before)."""
+        cfg = self.mae_config
         patch_size = self.configuration_manager.patch_size
         dim = len(patch_size)
         no_rotation = (0.0, 0.0)
-        mirror_axes = tuple(range(dim)) if self.mae_config.mirror else None
-        initial_patch_size = get_patch_size(patch_size, no_rotation, no_rotation, no_rotation,
-                                            tuple(self.mae_config.zoom_range))
+        mirror_axes = tuple(range(dim)) if cfg.mirror else None
+        if cfg.spatial_augment_on == "device":
+            zoom = tuple(cfg.zoom_range) if cfg.p_zoom > 0 else (1.0, 1.0)
+            initial_patch_size = np.array(zoom_margin_patch_size(patch_size, zoom))
+        else:
+            initial_patch_size = get_patch_size(patch_size, no_rotation, no_rotation, no_rotation,
+                                                tuple(cfg.zoom_range))
         self.inference_allowed_mirroring_axes = mirror_axes
         return no_rotation, False, initial_patch_size, mirror_axes
 
@@ -246,8 +275,19 @@ class nnUNetTrainerPETCTMAE(TrainingSeedMixin, PETCTChannelCheckMixin, CheckedPr
     def get_training_transforms(cls, patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
                                 do_dummy_2d_data_aug, use_mask_for_norm=None, is_cascaded=False,
                                 foreground_labels=None, regions=None, ignore_label=None):
-        """Spatial-only augmentation: random zoom (``p_zoom``, ``zoom_range``) and mirroring. See module doc."""
+        """Spatial-only augmentation: random zoom (``p_zoom``, ``zoom_range``) and mirroring. See module doc.
+
+        With ``spatial_augment_on="device"`` the loader applies nothing but nnU-Net's image masking (when the
+        plans normalise inside a mask): the zoom and the mirroring run in ``train_step``, the label is unused.
+        """
         cfg = cls.mae_config
+        if cfg.spatial_augment_on == "device":
+            transforms = []
+            if use_mask_for_norm is not None and any(use_mask_for_norm):
+                transforms.append(MaskImageTransform(
+                    apply_to_channels=[i for i in range(len(use_mask_for_norm)) if use_mask_for_norm[i]],
+                    channel_idx_in_seg=0, set_outside_to=0))
+            return ComposeTransforms(transforms)
         transforms = [SpatialTransform(
             patch_size, patch_center_dist_from_border=0, random_crop=False, p_elastic_deform=0, p_rotation=0,
             p_scaling=cfg.p_zoom, scaling=tuple(cfg.zoom_range), p_synchronize_scaling_across_axes=1,
@@ -287,10 +327,26 @@ class nnUNetTrainerPETCTMAE(TrainingSeedMixin, PETCTChannelCheckMixin, CheckedPr
 
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
-        self._mae_generator.manual_seed(seed_for(self.mae_config.seed, self.local_rank, self.current_epoch))
+        seed = seed_for(self.mae_config.seed, self.local_rank, self.current_epoch)
+        self._mae_generator.manual_seed(seed)
+        self._mae_augment_generator.manual_seed(augment_seed(seed))
+
+    def augment_on_device(self, data: torch.Tensor) -> torch.Tensor:
+        """Zoom and mirror a training batch (B, C, *source patch) on its device to the plans' patch
+        (``spatial_augment_on="device"``; the batch unchanged otherwise). Parameters from the CPU generator
+        re-seeded per epoch and rank."""
+        cfg = self.mae_config
+        if cfg.spatial_augment_on != "device":
+            return data
+        patch = [int(p) for p in self.configuration_manager.patch_size]
+        mirror_axes = tuple(range(len(patch))) if cfg.mirror else None
+        params = sample_spatial_params(data.shape[0], len(patch), tuple(cfg.zoom_range), cfg.p_zoom, mirror_axes,
+                                       self._mae_augment_generator)
+        with torch.no_grad():
+            return apply_spatial_augmentation(data, params, patch)
 
     def train_step(self, batch: dict) -> dict:
-        data = batch["data"].to(self.device, non_blocking=True)
+        data = self.augment_on_device(batch["data"].to(self.device, non_blocking=True))
         return mae_train_step(self.network, self.optimizer, data, self.mae_config, self.mae_block_size,
                               self._mae_generator, self.grad_scaler)
 
@@ -560,6 +616,17 @@ class nnUNetTrainerPETCTMAE(TrainingSeedMixin, PETCTChannelCheckMixin, CheckedPr
 
 class nnUNetTrainerPETCTMAE_tiny(TinyScheduleMixin, nnUNetTrainerPETCTMAE):
     """:class:`nnUNetTrainerPETCTMAE` with the tiny schedule (2 epochs x 2 iterations, 1 validation iteration)."""
+
+
+class nnUNetTrainerPETCTMAE_CPUAugment(nnUNetTrainerPETCTMAE):
+    """The pipeline before issue 22: zoom and mirroring per patch in the loader workers (batchgeneratorsv2's
+    ``SpatialTransform`` + ``MirrorTransform``) from nnU-Net's initial patch; for comparisons and benchmarks."""
+
+    mae_config = nnUNetTrainerPETCTMAE.mae_config.replace(spatial_augment_on="cpu")
+
+
+class nnUNetTrainerPETCTMAE_CPUAugment_tiny(TinyScheduleMixin, nnUNetTrainerPETCTMAE_CPUAugment):
+    """Tiny schedule."""
 
 
 class nnUNetTrainerPETCTMAE_JointMask(nnUNetTrainerPETCTMAE):
