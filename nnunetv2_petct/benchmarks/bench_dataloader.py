@@ -232,6 +232,38 @@ def _floor(dataset, identifiers: Sequence[str], crop: Sequence[int], n_patches: 
     return {"n_patches": n_patches, "crop": [int(c) for c in crop], "ms_per_patch": round(seconds / n_patches * 1000, 2)}
 
 
+def time_device_augment(cfg, source: Sequence[int], patch: Sequence[int], batch_size: int, device: str = "cpu",
+                        n_iter: int = 20, seed: int = 0) -> float:
+    """Median seconds of the MAE device-side augmentation (:func:`~nnunetv2_petct.pretraining.augment.
+    augment_batch` with ``cfg``'s zoom/mirror settings) of one batch of ``batch_size`` patches of ``source``
+    voxels (``len(cfg.input_channels)`` channels) to ``patch``, over ``n_iter`` batches after one warm-up;
+    the parameters of every batch drawn from one seeded generator, so zoomed and un-zoomed patches mix as in
+    training."""
+    import statistics
+
+    import torch
+
+    from nnunetv2_petct.pretraining.augment import augment_batch
+
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    patch = [int(p) for p in patch]
+    mirror_axes = tuple(range(len(patch))) if cfg.mirror else None
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn((batch_size, len(cfg.input_channels), *[int(s) for s in source]), device=dev)
+    times = []
+    for i in range(n_iter + 1):
+        if cuda:
+            torch.cuda.synchronize(dev)
+        t0 = time.perf_counter()
+        augment_batch(x, patch, tuple(cfg.zoom_range), cfg.p_zoom, mirror_axes, gen)
+        if cuda:
+            torch.cuda.synchronize(dev)
+        if i:  # the first is a warm-up
+            times.append(time.perf_counter() - t0)
+    return float(statistics.median(times))
+
+
 def device_augment_timing(trainer_cls, plans: dict, configuration: str, source: Sequence[int],
                           patch: Sequence[int], batch_size: int, device: str = "cpu", n_iter: int = 20,
                           step_batch_size: int | None = None, step_iter: int = 1, seed: int = 0) -> dict:
@@ -250,7 +282,6 @@ def device_augment_timing(trainer_cls, plans: dict, configuration: str, source: 
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from nnunetv2_petct.nnunet.trainers.mae import freeze_deep_supervision_heads
-    from nnunetv2_petct.pretraining.augment import augment_batch
     from nnunetv2_petct.pretraining.mae import mae_train_step, resolve_block_size
 
     dev = torch.device(device)
@@ -262,18 +293,7 @@ def device_augment_timing(trainer_cls, plans: dict, configuration: str, source: 
 
     cfg = trainer_cls.mae_config
     patch = [int(p) for p in patch]
-    mirror_axes = tuple(range(len(patch))) if cfg.mirror else None
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn((batch_size, len(cfg.input_channels), *[int(s) for s in source]), device=dev)
-    times = []
-    for i in range(n_iter + 1):
-        sync()
-        t0 = time.perf_counter()
-        augment_batch(x, patch, tuple(cfg.zoom_range), cfg.p_zoom, mirror_axes, gen)
-        sync()
-        if i:  # the first is a warm-up
-            times.append(time.perf_counter() - t0)
-    aug_s = statistics.median(times)
+    aug_s = time_device_augment(cfg, source, patch, batch_size, device=device, n_iter=n_iter, seed=seed)
 
     torch.manual_seed(seed)
     pm = PlansManager(plans)

@@ -14,6 +14,7 @@ import pytest
 from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
 
 from nnunetv2_petct.benchmarks import bench_dataloader, bench_predict
+from nnunetv2_petct.pretraining.augment import zoom_margin_patch_size
 
 
 def _tiny_plans(d) -> dict:
@@ -59,9 +60,30 @@ def test_dataloader_benchmark_mae_pipeline(tiny_dataset):
     assert res["patch_size"] == [int(p) for p in config["patch_size"]]
     assert res["batch_size"] == int(config["batch_size"])
     assert res["transforms_from"] == "nnUNetTrainerPETCTMAE"
-    # MAE augmentation is spatial only (zoom + mirroring): no intensity transform in the pipeline
-    assert "SpatialTransform" in res["transforms"] and "MirrorTransform" in res["transforms"]
-    assert not any("Noise" in t or "Gamma" in t or "Brightness" in t for t in res["transforms"])
+    # issue 22: the MAE loader only reads and crops (patch + zoom margin); zoom + mirroring run on the device
+    assert res["augmentation_on"] == "device"
+    assert not any("Spatial" in t or "Mirror" in t for t in res["transforms"])
+    margin = list(zoom_margin_patch_size(res["patch_size"], (0.9, 1.1)))
+    assert res["delivered_patch_size"] == margin and res["floor"]["crop"] == margin
+    # the pipeline before (in the same run): spatial only (zoom + mirroring), no intensity transform
+    before = res["before"]
+    assert before["trainer"] == "mae_cpu_augment" and before["augmentation_on"] == "cpu"
+    assert "SpatialTransform" in before["transforms"] and "MirrorTransform" in before["transforms"]
+    assert not any("Noise" in t or "Gamma" in t or "Brightness" in t for t in before["transforms"])
+    assert before["delivered_patch_size"] == res["patch_size"]
+    assert res["ms_per_patch_total"] == res["profile"]["ms_per_patch_total"] > 0
+    assert res["floor_ms_per_patch"] > 0
+    assert res["cpu_cost_to_floor_ratio"] == pytest.approx(res["ms_per_patch_total"] / res["floor_ms_per_patch"],
+                                                           rel=0.01)
+    assert res["single_worker_speedup"] == pytest.approx(
+        res["profile"]["single_worker_patches_per_s"] / before["profile"]["single_worker_patches_per_s"], rel=0.01)
+    assert set(res["patches_per_s_by_workers"]) == set(before["patches_per_s_by_workers"]) == {"0", "1"}
+    dev = res["device_augment"]
+    assert dev["device"] == "cpu" and dev["augment_source_patch"] == margin
+    assert dev["device_augment_s_per_batch"] > 0 and dev["mae_step_s"] > 0
+    assert res["device_augment_to_step_ratio"] == pytest.approx(
+        (dev["device_augment_s_per_batch"] / dev["augment_batch_size"]) / (dev["mae_step_s"] / dev["step_batch_size"]),
+        rel=0.05, abs=1e-4)
     assert [r["workers"] for r in res["per_workers"]] == [0, 1]
     assert [r["augmenter"] for r in res["per_workers"]] == ["SingleThreadedAugmenter",
                                                             "NonDetMultiThreadedAugmenter"]
