@@ -106,12 +106,7 @@ class InteractiveSession:
             maps.append(click_heatmap(mapped, shape, self._spacing_pp, effective_sigma_mm(self.sigma_mm, self._spacing_pp)))
         return np.stack(maps).astype(np.float32)
 
-    def predict(self, clicks: Clicks | None = None, source: str = "clicks") -> np.ndarray:
-        """The lesion mask (uint8, PET grid, array order z, y, x) for ``clicks`` (None or empty = no click).
-
-        Raises:
-            ClickFileError: a click outside the PET image (named, with ``source``).
-        """
+    def _run(self, clicks: Clicks | None, source: str, probabilities: bool):
         import torch
         from nnunetv2.inference.export_prediction import (
             convert_predicted_logits_to_segmentation_with_correct_shape,
@@ -123,10 +118,25 @@ class InteractiveSession:
         p = self.predictor
         with self._silence():
             logits = p.predict_logits_from_preprocessed_data(torch.from_numpy(x)).cpu()
-            seg = convert_predicted_logits_to_segmentation_with_correct_shape(
-                logits, p.plans_manager, p.configuration_manager, p.label_manager, self.properties, False)
+            out = convert_predicted_logits_to_segmentation_with_correct_shape(
+                logits, p.plans_manager, p.configuration_manager, p.label_manager, self.properties, probabilities)
         self.clicks = clicks
-        return np.asarray(seg).astype(np.uint8)
+        return out
+
+    def predict(self, clicks: Clicks | None = None, source: str = "clicks") -> np.ndarray:
+        """The lesion mask (uint8, PET grid, array order z, y, x) for ``clicks`` (None or empty = no click).
+
+        Raises:
+            ClickFileError: a click outside the PET image (named, with ``source``).
+        """
+        return np.asarray(self._run(clicks, source, False)).astype(np.uint8)
+
+    def predict_with_probability(self, clicks: Clicks | None = None, source: str = "clicks"
+                                 ) -> tuple[np.ndarray, np.ndarray]:
+        """``(mask, lesion probability)`` on the PET grid (the probability: nnU-Net's softmax of the lesion
+        class, float32), e.g. for a viewer's soft overlay."""
+        seg, prob = self._run(clicks, source, True)
+        return np.asarray(seg).astype(np.uint8), np.asarray(prob[-1], dtype=np.float32)
 
     def add_click(self, kind: str, xyz: Sequence[int]) -> np.ndarray:
         """Add one click (``"tumor"`` or ``"background"``) to the current clicks and predict."""
