@@ -172,6 +172,17 @@ class Run:
 
 
 # ----------------------------------------------------------------------------------------- helpers
+def _check_checkpoint_weights_only(path: Path) -> None:
+    """Refuse (LabelEfficiencyError naming the file) a checkpoint that stock nnUNetv2_predict, which unpickles
+    it, should not load: one that is not weights-only readable or is broken."""
+    from nnunetv2_petct.nnunet.predictor import ModelSelectionError, read_model_checkpoint
+
+    try:
+        read_model_checkpoint(path)
+    except ModelSelectionError as e:
+        raise LabelEfficiencyError(f"not predicting with it: {e}") from None
+
+
 def replicate_seed(seed: int, replicate: int) -> int:
     """Seed of replicate ``k``: ``seed + 1000 k`` (subset draws and training); replicate 0 = ``seed``."""
     return int(seed) + REPLICATE_SEED_STEP * int(replicate)
@@ -735,6 +746,7 @@ def label_efficiency(
             _run_logged([_script(r.train_cmd[0]), *r.train_cmd[1:]],
                         out / "logs" / f"{r.method}_{r.subset.run_name}_train.log",
                         f"training {r.trainer} fold {r.subset.fold} ({r.subset.run_name})", r.train_env)
+        _check_checkpoint_weights_only(r.fold_dir / "checkpoint_final.pth")
         if r.pred_dir.exists():
             shutil.rmtree(r.pred_dir)
         _run_logged([_script(r.predict_cmd[0]), *r.predict_cmd[1:]],
