@@ -51,15 +51,22 @@ def wrap_trainer_lookup(module) -> bool:
         return True
 
     def recursive_find_trainer_class_by_name(trainer_name: str):
+        unknown = None
         try:
-            from nnunetv2_petct.nnunet.registry import find_trainer_class
+            from nnunetv2_petct.nnunet.registry import OUR_PREFIX, find_trainer_class, unknown_trainer_message
 
             trainer_class = find_trainer_class(trainer_name)
+            if trainer_class is None and trainer_name.startswith(OUR_PREFIX):
+                unknown = unknown_trainer_message(trainer_name)
         except Exception as e:  # never make nnU-Net worse than without us
             _warn(f"looking up {trainer_name!r} among our trainers failed ({e!r}); using nnU-Net's own search.")
             trainer_class = None
         if trainer_class is not None:
             return trainer_class
+        if unknown is not None:
+            # our prefix, not one of ours: answer here (nnU-Net's own scan crashes next to a CPU torch)
+            _warn(unknown)
+            raise SystemExit(2)
         return original(trainer_name)
 
     recursive_find_trainer_class_by_name.__wrapped__ = original

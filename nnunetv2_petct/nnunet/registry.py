@@ -67,3 +67,16 @@ def all_trainer_classes() -> dict[str, type]:
             if attr.startswith("nnUNetTrainerPETCT") and _is_trainer(obj) and obj.__module__ == module.__name__:
                 found[attr] = obj
     return found
+
+
+#: Trainer names starting with this are ours: the discovery hook answers an unknown one itself.
+OUR_PREFIX = "nnUNetTrainerPETCT"
+
+
+def unknown_trainer_message(name: str) -> str:
+    """"no trainer NAME; ours are: ..." with the closest of our trainer names first (difflib)."""
+    import difflib
+
+    names = sorted(all_trainer_classes())
+    close = difflib.get_close_matches(name, names, n=len(names), cutoff=0.0)
+    return f"no trainer {name}; ours are: {', '.join(close)}"
