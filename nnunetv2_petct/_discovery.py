@@ -38,31 +38,6 @@ def _warn(message: str) -> None:
     print(f"[nnunetv2_petct] {message}", file=sys.stderr)
 
 
-def _answer_unknown_ourselves(trainer_name: str) -> bool:
-    """An unknown name with our prefix is answered here (nnU-Net's own scan crashes next to a CPU torch on
-    torchvision's ``nms`` and never says the name is wrong), unless ``nnUNet_extTrainer`` points nnU-Net at
-    a folder that may hold a user's own ``nnUNetTrainerPETCT...`` subclass."""
-    import os
-
-    return str(trainer_name).startswith("nnUNetTrainerPETCT") and not os.environ.get("nnUNet_extTrainer")
-
-
-def _refuse_unknown(trainer_name: str) -> None:
-    """One line and exit 2 in nnU-Net's console scripts; :class:`UnknownTrainerError` elsewhere."""
-    import os
-
-    from nnunetv2_petct.nnunet.registry import UnknownTrainerError, unknown_trainer_message
-
-    try:
-        message = unknown_trainer_message(trainer_name)
-    except Exception:  # a trainer module failed to import: name the request at least
-        message = f"no trainer {trainer_name} among ours"
-    if os.path.basename(sys.argv[0] if sys.argv else "").startswith("nnUNetv2_"):
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-    raise UnknownTrainerError(message)
-
-
 def wrap_trainer_lookup(module) -> bool:
     """Wrap ``module.recursive_find_trainer_class_by_name`` (idempotent). Returns True when patched."""
     original = getattr(module, TARGET_FUNCTION, None)
@@ -76,17 +51,23 @@ def wrap_trainer_lookup(module) -> bool:
         return True
 
     def recursive_find_trainer_class_by_name(trainer_name: str):
+        unknown = None
         try:
-            from nnunetv2_petct.nnunet.registry import find_trainer_class
+            from nnunetv2_petct.nnunet.registry import OUR_PREFIX, find_trainer_class, unknown_trainer_message
 
             trainer_class = find_trainer_class(trainer_name)
+            # with nnUNet_extTrainer set, a user's own nnUNetTrainerPETCT... subclass may live there: nnU-Net searches
+            if trainer_class is None and trainer_name.startswith(OUR_PREFIX) and not os.environ.get("nnUNet_extTrainer"):
+                unknown = unknown_trainer_message(trainer_name)
         except Exception as e:  # never make nnU-Net worse than without us
             _warn(f"looking up {trainer_name!r} among our trainers failed ({e!r}); using nnU-Net's own search.")
             trainer_class = None
         if trainer_class is not None:
             return trainer_class
-        if _answer_unknown_ourselves(trainer_name):
-            _refuse_unknown(trainer_name)
+        if unknown is not None:
+            # our prefix, not one of ours: answer here (nnU-Net's own scan crashes next to a CPU torch)
+            _warn(unknown)
+            raise SystemExit(2)
         return original(trainer_name)
 
     recursive_find_trainer_class_by_name.__wrapped__ = original

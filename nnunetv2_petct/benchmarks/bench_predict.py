@@ -198,6 +198,10 @@ def run(device: str = "cpu", size: str = "full", mirroring: Sequence[bool] = (Fa
             measured_on = f"centred crop {'x'.join(map(str, shapes[0]))} (z, y, x) of the {source}"
 
         results: dict[bool, dict] = {}
+        from nnunetv2_petct.nnunet.predictor import read_model_checkpoint
+
+        # weights-only readable (our check) before stock nnUNetv2_predict unpickles it
+        read_model_checkpoint(Path(model_folder) / "fold_0" / "checkpoint_final.pth")
         for mirror in mirroring:
             out_dir = root / f"predict_out_{'tta' if mirror else 'notta'}"
             cmd = [console_script("nnUNetv2_predict"), "-i", str(input_dir), "-o", str(out_dir),

@@ -28,12 +28,12 @@ def read_training_log(checkpoint: str | os.PathLike) -> dict[str, list[float]]:
         FileNotFoundError: no such checkpoint.
         KeyError: the checkpoint has no ``logging`` entry (not written by an nnU-Net trainer).
     """
-    import torch
+    from nnunetv2_petct.transfer.weights import read_checkpoint_safely
 
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = read_checkpoint_safely(path, allow_numpy_scalars=True)  # never unpickles code
     log = ckpt["logging"]
     out = {}
     for key, values in log.items():

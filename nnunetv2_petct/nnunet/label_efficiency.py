@@ -268,6 +268,17 @@ Predictor = Callable[[Design, Run], Sequence[Prediction]]
 
 
 # ----------------------------------------------------------------------------------------- helpers
+def _check_checkpoint_weights_only(path: Path) -> None:
+    """Refuse (LabelEfficiencyError naming the file) a checkpoint that stock nnUNetv2_predict, which unpickles
+    it, should not load: one that is not weights-only readable or is broken."""
+    from nnunetv2_petct.nnunet.predictor import ModelSelectionError, read_model_checkpoint
+
+    try:
+        read_model_checkpoint(path)
+    except ModelSelectionError as e:
+        raise LabelEfficiencyError(f"not predicting with it: {e}") from None
+
+
 def replicate_seed(seed: int, replicate: int) -> int:
     """Seed of replicate ``k``: ``seed + 1000 k`` (subset draws and training); replicate 0 = ``seed``."""
     return int(seed) + REPLICATE_SEED_STEP * int(replicate)
@@ -888,8 +899,10 @@ def train_run(design: Design, run: Run, skip_training: bool = False) -> Path:
 
 def predict_run(design: Design, run: Run) -> list[Prediction]:
     """Step 5, *predict* (the default :data:`Predictor`): the stock ``nnUNetv2_predict`` of the test set into
-    ``run.pred_dir`` (emptied first); one plain :class:`Prediction`."""
+    ``run.pred_dir`` (emptied first); one plain :class:`Prediction`. The run's checkpoint is read weights-only
+    first: stock ``nnUNetv2_predict`` unpickles it."""
     r = run
+    _check_checkpoint_weights_only(r.fold_dir / "checkpoint_final.pth")
     if r.pred_dir.exists():
         shutil.rmtree(r.pred_dir)
     _run_logged([_script(r.predict_cmd[0]), *r.predict_cmd[1:]],

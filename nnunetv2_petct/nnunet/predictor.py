@@ -64,115 +64,155 @@ def _available_folds(folder: Path, checkpoint: str) -> list[str]:
     return sorted(p.parent.name[len("fold_"):] for p in folder.glob(f"fold_*/{checkpoint}"))
 
 
-def _read_fold_checkpoint(path: Path) -> dict:
-    """A fold's training checkpoint, read weights-only (nothing of the file runs) unless
-    ``NNUNETV2_PETCT_TRUST_CHECKPOINT=1``; its keys checked. Raises :class:`ModelSelectionError` naming it."""
+_REDOWNLOAD = "copy or download the model folder again"
+
+
+def read_model_checkpoint(path: str | os.PathLike) -> dict:
+    """One fold's checkpoint of a trained model, read without running code stored in it.
+
+    ``torch.load(weights_only=True)`` (numpy scalars allowed, as nnU-Net's own checkpoints hold them) after
+    the header checks of :func:`~nnunetv2_petct.transfer.weights.check_checkpoint_file`. With
+    ``NNUNETV2_PETCT_TRUST_CHECKPOINT=1`` a trusted legacy file is unpickled as it is (code in it runs).
+    The result has ``network_weights`` (a state dict), ``trainer_name`` and ``init_args["configuration"]``.
+
+    Raises:
+        ModelSelectionError: naming the file: missing, empty, truncated, text, not weights-only (with how
+            to convert a trusted file), or lacking what a trained nnU-Net checkpoint holds.
+    """
     import torch
 
     from nnunetv2_petct.transfer.weights import (
         TRUST_CHECKPOINT_ENV,
         IncompatibleCheckpointError,
+        UnsafeCheckpointError,
+        import_trusted_checkpoint,
         read_checkpoint_safely,
     )
 
-    redo = "re-copy or re-download the model folder"
-    if os.environ.get(TRUST_CHECKPOINT_ENV) == "1":
-        logger.warning("%s=1: %s is unpickled without the weights-only check", TRUST_CHECKPOINT_ENV, path)
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as e:  # noqa: BLE001 - any failure of the trusted load is named with the file
-            raise ModelSelectionError(f"{path}: cannot be read ({type(e).__name__}: {e}); {redo}") from None
-    else:
-        try:
-            ckpt = read_checkpoint_safely(path, allow_numpy_scalars=True)
-        except FileNotFoundError as e:
-            raise ModelSelectionError(f"{e}; {redo}") from None
-        except IncompatibleCheckpointError as e:
-            raise ModelSelectionError(f"model checkpoint refused: {e}") from None
-    if not isinstance(ckpt, dict):
-        raise ModelSelectionError(f"{path}: not an nnU-Net training checkpoint (a {type(ckpt).__name__}, not a "
-                                  f"dict); {redo}")
-    missing = [k for k in ("network_weights", "trainer_name", "init_args") if k not in ckpt]
-    if missing or not isinstance(ckpt.get("init_args"), dict) or "configuration" not in ckpt["init_args"]:
-        what = ", ".join(repr(k) for k in missing) if missing else "'init_args.configuration'"
-        raise ModelSelectionError(
-            f"{path}: not an nnU-Net training checkpoint (no {what}; nnUNetv2_train writes network_weights, "
-            f"trainer_name and init_args): a foundation or exported weights file belongs in -pretrained_weights, "
-            f"not in a model folder; otherwise {redo}")
-    return ckpt
+    path = Path(path)
+    trusted = os.environ.get(TRUST_CHECKPOINT_ENV, "") not in ("", "0")
+    try:
+        if trusted:
+            logger.warning("%s=1: %s is unpickled without the weights-only check", TRUST_CHECKPOINT_ENV, path)
+            obj = import_trusted_checkpoint(path)
+        else:
+            obj = read_checkpoint_safely(path, allow_numpy_scalars=True)
+    except FileNotFoundError as e:
+        raise ModelSelectionError(f"{e}; {_REDOWNLOAD}") from None
+    except UnsafeCheckpointError as e:
+        raise ModelSelectionError(f"model checkpoint refused: {e}") from None
+    except IncompatibleCheckpointError as e:
+        raise ModelSelectionError(f"model checkpoint unreadable: {e}; {_REDOWNLOAD}") from None
+    if not isinstance(obj, dict):
+        raise ModelSelectionError(f"{path} holds a {type(obj).__name__}, not an nnU-Net training checkpoint "
+                                  f"(a dict with network_weights, trainer_name, init_args); {_REDOWNLOAD}")
+    missing = [k for k in ("network_weights", "trainer_name", "init_args") if k not in obj]
+    init_args = obj.get("init_args")
+    if not missing and not (isinstance(init_args, dict) and isinstance(init_args.get("configuration"), str)):
+        missing = ["init_args['configuration']"]
+    weights = obj.get("network_weights")
+    if not missing and not (isinstance(weights, dict) and weights
+                            and all(isinstance(v, torch.Tensor) for v in weights.values())):
+        missing = ["network_weights (a state dict of tensors)"]
+    if not missing and not isinstance(obj.get("trainer_name"), str):
+        missing = ["trainer_name (a class name)"]
+    if missing:
+        raise ModelSelectionError(f"{path} is not a checkpoint written by nnU-Net training: it lacks "
+                                  f"{', '.join(missing)} (a bare state dict or a pretraining file?); use the "
+                                  f"fold's checkpoint_final.pth of a trained model, or {_REDOWNLOAD}")
+    return obj
 
 
-def load_model_safely(model_folder: str | os.PathLike, folds: Sequence[str | int],
-                      checkpoint: str = "checkpoint_final.pth") -> dict:
-    """What nnU-Net's ``initialize_from_trained_model_folder`` builds, without unpickling anything.
+def _trainer_class(name: str):
+    from nnunetv2_petct.nnunet.registry import find_trainer_class
 
-    nnU-Net (2.8) reads every fold's checkpoint with ``torch.load(weights_only=False)``, which runs whatever
-    code a crafted file holds. Here each checkpoint is read weights-only first
-    (:func:`~nnunetv2_petct.transfer.weights.read_checkpoint_safely`; ``NNUNETV2_PETCT_TRUST_CHECKPOINT=1``
-    is the documented override for a trusted legacy file), its keys are checked, the network is built by
-    the trainer class named in the first checkpoint (as nnU-Net does) from the folder's plans.json and
-    dataset.json, and every fold's weights are loaded into it once to prove they fit.
+    cls = find_trainer_class(name)
+    if cls is not None:
+        return cls
+    if name == "nnUNetTrainer":  # nnU-Net's own scan imports modules that fail next to a CPU torch
+        from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    Returns:
-        ``{"network", "plans_manager", "configuration_manager", "parameters", "trainer_name",
-        "inference_allowed_mirroring_axes"}`` for ``nnUNetPredictor.manual_initialization``.
+        return nnUNetTrainer
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    try:
+        cls = recursive_find_trainer_class_by_name(name)
+    except Exception as e:  # noqa: BLE001 - nnU-Net's scan imports arbitrary modules
+        raise ModelSelectionError(f"trainer {name!r} of the checkpoint cannot be found ({type(e).__name__}: "
+                                  f"{str(e)[:200]})") from None
+    if cls is None:
+        raise ModelSelectionError(f"the checkpoint was trained with {name!r}, a trainer class not installed here; "
+                                  "install the package that defines it")
+    return cls
+
+
+def initialize_predictor_safely(predictor, model_folder: str | os.PathLike, folds: Sequence[str | int],
+                                checkpoint_name: str = "checkpoint_final.pth") -> None:
+    """What ``nnUNetPredictor.initialize_from_trained_model_folder`` does, with every fold's checkpoint read by
+    :func:`read_model_checkpoint` (no unpickling of code) and the network built here from plans.json,
+    dataset.json and the checkpoint's trainer class; then ``predictor.manual_initialization``.
 
     Raises:
-        ModelSelectionError: a missing, empty, truncated, text, unsafe or foreign checkpoint, checkpoints of
-            different trainers or configurations, an unknown trainer, or weights that do not fit the
-            network (each naming the file and what to do).
+        ModelSelectionError: a checkpoint unreadable or refused, folds of different trainers or
+            configurations, a configuration missing in plans.json, or weights of another architecture
+            (the first differing tensors named).
     """
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name  # our hook wraps it
+    import inspect
+
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     folder = Path(model_folder)
-    plans_manager = PlansManager(read_json(folder / "plans.json", "plans.json"))
     dataset_json = read_json(folder / "dataset.json", "dataset.json")
-    parameters, first, first_path = [], None, None
-    for f in [str(x) for x in folds]:
-        path = folder / f"fold_{f}" / checkpoint
-        ckpt = _read_fold_checkpoint(path)
+    plans_manager = PlansManager(read_json(folder / "plans.json", "plans.json"))
+    parameters, first = [], None
+    for f in folds:
+        path = folder / f"fold_{f}" / checkpoint_name
+        ckpt = read_model_checkpoint(path)
+        ident = (ckpt["trainer_name"], ckpt["init_args"]["configuration"])
         if first is None:
-            first, first_path = ckpt, path
-        elif (ckpt["trainer_name"], ckpt["init_args"]["configuration"]) != (
-                first["trainer_name"], first["init_args"]["configuration"]):
-            raise ModelSelectionError(
-                f"{path} ({ckpt['trainer_name']}, {ckpt['init_args']['configuration']}) and {first_path} "
-                f"({first['trainer_name']}, {first['init_args']['configuration']}) are not folds of one model")
+            first = (path, ident, ckpt.get("inference_allowed_mirroring_axes"))
+        elif ident != first[1]:
+            raise ModelSelectionError(f"{path} was trained with {ident[0]} / {ident[1]}, {first[0]} with "
+                                      f"{first[1][0]} / {first[1][1]}: the folds are not of one model")
         parameters.append(ckpt["network_weights"])
-    trainer_name = str(first["trainer_name"])
-    configuration = str(first["init_args"]["configuration"])
+    if first is None:
+        raise ModelSelectionError(f"{folder}: no folds chosen")
+    first_path, (trainer_name, configuration), mirror_axes = first
     try:
         configuration_manager = plans_manager.get_configuration(configuration)
-    except Exception:  # noqa: BLE001 - nnU-Net raises a bare error for an unknown configuration
+    except (KeyError, RuntimeError, ValueError) as e:
         raise ModelSelectionError(f"{first_path} was trained with configuration {configuration!r}, which "
-                                  f"{folder / 'plans.json'} does not define; re-copy the model folder") from None
-    try:
-        trainer_class = recursive_find_trainer_class_by_name(trainer_name)
-    except (Exception, SystemExit):  # noqa: BLE001 - nnU-Net's scan or our refusal of an unknown name
-        trainer_class = None
-    if trainer_class is None:
-        raise ModelSelectionError(f"{first_path} was trained with {trainer_name}, a trainer class not found here "
-                                  "(install the package that defines it, or put it in nnUNet_extTrainer)")
-    network = trainer_class.build_network_architecture(
-        plans_manager, configuration_manager, determine_num_input_channels(plans_manager, configuration_manager,
-                                                                           dataset_json),
-        plans_manager.get_label_manager(dataset_json).num_segmentation_heads, enable_deep_supervision=False)
+                                  f"{folder / 'plans.json'} does not have ({e})") from None
+    trainer_class = _trainer_class(trainer_name)
+    n_in = determine_num_input_channels(plans_manager, configuration_manager, dataset_json)
+    n_out = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
+    if "plans_manager" in inspect.signature(trainer_class.build_network_architecture).parameters:
+        network = trainer_class.build_network_architecture(plans_manager, configuration_manager, n_in, n_out,
+                                                           enable_deep_supervision=False)
+    else:  # nnU-Net's older signature
+        network = trainer_class.build_network_architecture(
+            configuration_manager.network_arch_class_name, configuration_manager.network_arch_init_kwargs,
+            configuration_manager.network_arch_init_kwargs_req_import, n_in, n_out, enable_deep_supervision=False)
+    expected = network.state_dict()
     for f, params in zip(folds, parameters):
-        try:
-            network.load_state_dict(params)
-        except (RuntimeError, KeyError, TypeError) as e:
-            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-            detail = "; ".join(lines[1:3]) if len(lines) > 1 else (lines[0] if lines else type(e).__name__)
+        path = folder / f"fold_{f}" / checkpoint_name
+        differ = [k for k in expected if k in params and tuple(params[k].shape) != tuple(expected[k].shape)]
+        absent = [k for k in expected if k not in params]
+        extra = [k for k in params if k not in expected]
+        if differ or absent or extra:
+            what = "; ".join(x for x in (
+                (f"{len(differ)} tensor(s) of another shape, e.g. {differ[0]}: {tuple(params[differ[0]].shape)} "
+                 f"in the file, {tuple(expected[differ[0]].shape)} expected") if differ else "",
+                f"{len(absent)} missing, e.g. {absent[0]}" if absent else "",
+                f"{len(extra)} unexpected, e.g. {extra[0]}" if extra else "") if x)
             raise ModelSelectionError(
-                f"{folder / f'fold_{f}' / checkpoint}: its weights do not fit the network {trainer_name} builds "
-                f"from {folder / 'plans.json'} ({detail[:300]}); the checkpoint belongs to another architecture "
-                f"or plans: re-copy the model folder as one piece") from None
+                f"{path} does not fit the network that {trainer_name} builds from {folder / 'plans.json'} "
+                f"(configuration {configuration}): {what}. The checkpoint is of another architecture: use the "
+                f"plans.json and dataset.json it was trained with, or {_REDOWNLOAD}")
     network.load_state_dict(parameters[0])
-    return {"network": network, "plans_manager": plans_manager, "configuration_manager": configuration_manager,
-            "parameters": parameters, "trainer_name": trainer_name,
-            "inference_allowed_mirroring_axes": first.get("inference_allowed_mirroring_axes")}
+    predictor.manual_initialization(network, plans_manager, configuration_manager, parameters, dataset_json,
+                                    trainer_name, tuple(mirror_axes) if mirror_axes is not None else None)
 
 
 class NnUNetLesionPredictor:
@@ -269,16 +309,14 @@ class NnUNetLesionPredictor:
             device = torch.device("mps")
         else:
             raise ModelSelectionError(f"-device must be cpu, cuda or mps, got {self.device_name!r}")
-        model = load_model_safely(self.model_folder, self.folds, self.checkpoint)
+        folds = [f if f == "all" else int(f) for f in self.folds]
         with contextlib.redirect_stdout(io.StringIO()) if self.quiet else contextlib.nullcontext():
             predictor = nnUNetPredictor(tile_step_size=self.step_size, use_gaussian=True,
                                         use_mirroring=not self.disable_tta,
                                         perform_everything_on_device=self.device_name == "cuda",
                                         device=device, verbose=False, verbose_preprocessing=False,
                                         allow_tqdm=not self.quiet)
-            predictor.manual_initialization(model["network"], model["plans_manager"], model["configuration_manager"],
-                                            model["parameters"], self.dataset_json, model["trainer_name"],
-                                            model["inference_allowed_mirroring_axes"])
+            initialize_predictor_safely(predictor, self.model_folder, folds, self.checkpoint)
         self._predictor = predictor
         return predictor
 

@@ -70,17 +70,14 @@ def all_trainer_classes() -> dict[str, type]:
     return found
 
 
-class UnknownTrainerError(LookupError):
-    """A ``nnUNetTrainerPETCT*`` name that is none of our trainers; the message lists the closest ones."""
+#: Trainer names starting with this are ours: the discovery hook answers an unknown one itself.
+OUR_PREFIX = "nnUNetTrainerPETCT"
 
 
-def unknown_trainer_message(name: str, n_closest: int = 6) -> str:
-    """``"no trainer NAME; ours are: closest, ... (and N more: nnUNetv2_petct_doctor lists them)"``."""
+def unknown_trainer_message(name: str) -> str:
+    """"no trainer NAME; ours are: ..." with the closest of our trainer names first (difflib)."""
     import difflib
 
     names = sorted(all_trainer_classes())
-    closest = difflib.get_close_matches(name, names, n=n_closest, cutoff=0.0)
-    rest = len(names) - len(closest)
-    more = f" (and {rest} more: nnUNetv2_petct_doctor lists them all)" if rest > 0 else ""
-    return f"no trainer {name}; ours are: {', '.join(closest)}{more}"
-
+    close = difflib.get_close_matches(name, names, n=len(names), cutoff=0.0)
+    return f"no trainer {name}; ours are: {', '.join(close)}"

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import types
 
+import pytest
+
 from tests.conftest import REPO, cli
 
 PY = sys.executable
@@ -74,8 +76,11 @@ def test_wrapper_falls_back_and_warns_when_nnunet_changes(capsys):
     assert calls == ["nnUNetTrainer"]
     ours = module.recursive_find_trainer_class_by_name("nnUNetTrainerPETCT")
     assert ours.__name__ == "nnUNetTrainerPETCT" and calls == ["nnUNetTrainer"]
-    # an unknown PETCT-prefixed name is not ours: nnU-Net's own search decides
-    assert module.recursive_find_trainer_class_by_name("nnUNetTrainerPETCTDoesNotExist") == "stock"
+    # an unknown PETCT-prefixed name is answered by us (exit 2), never passed to nnU-Net's scan
+    with pytest.raises(SystemExit) as info:
+        module.recursive_find_trainer_class_by_name("nnUNetTrainerPETCTDoesNotExist")
+    assert info.value.code == 2 and calls == ["nnUNetTrainer"]
+    assert "no trainer nnUNetTrainerPETCTDoesNotExist; ours are: " in capsys.readouterr().err
 
 
 def test_ext_trainer_folder_is_searchable_by_nnunets_own_function():

@@ -1,113 +1,134 @@
-"""``nnUNetv2_petct_predict`` reads every model checkpoint weights-only (issue 21, items 0 and 1), through the
-real command: a checkpoint whose pickle would run a command runs nothing; broken checkpoints are named
-errors (exit 2, nothing written for the studies)."""
+"""nnUNetv2_petct_predict reads the model folder's checkpoints weights-only (issue 21, items 0 and 1): a
+checkpoint whose pickle would run code is refused before anything runs, broken or foreign checkpoints are
+named with what to do; exit 2, nothing written. A good checkpoint predicts through the same safe path."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from reliability_helpers import run_cli
 
-from tests.conftest import cli, run
-
-pytestmark = pytest.mark.slow
-
-TRAINER = "nnUNetTrainerPETCT_tiny"
+TRAINER = "nnUNetTrainerPETCT"
 
 
-@pytest.fixture(scope="module")
-def model(tiny_dataset, tmp_path_factory):
-    d = tiny_dataset
-    results = tmp_path_factory.mktemp("ckpt_results")
-    env = {**d.env, "nnUNet_results": str(results)}
-    run([cli("nnUNetv2_train"), str(d.dataset_id), "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu"], env,
-        timeout=900)
-    return env, results / d.dataset_name / f"{TRAINER}__nnUNetPlans__3d_fullres"
+class Payload:
+    """Unpickling this runs ``touch <marker>``."""
 
-
-def _copy(folder: Path, dest: Path) -> Path:
-    shutil.copytree(folder, dest)
-    return dest
-
-
-def _predict(env, model_folder: Path, study: Path, out: Path, extra_env=None):
-    return run([cli("nnUNetv2_petct_predict"), "-i", str(study), "-o", str(out), "-m", str(model_folder), "-f", "0",
-                "-device", "cpu", "--disable_tta", "-np", "0", "-q"], {**env, **(extra_env or {})}, check=False,
-               timeout=600)
-
-
-def _study(tiny_dataset, dest: Path) -> Path:
-    dest.mkdir()
-    case = sorted(tiny_dataset.test_images.glob("*_0000.nii.gz"))[0].name[: -len("_0000.nii.gz")]
-    for i in (0, 1):
-        shutil.copy2(tiny_dataset.test_images / f"{case}_{i:04d}.nii.gz", dest)
-    return dest
-
-
-class _Payload:
     def __init__(self, marker: Path):
-        self.marker = str(marker)
+        self.marker = marker
 
     def __reduce__(self):
-        import os
-
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_a_code_payload_in_a_model_checkpoint_never_runs(model, tiny_dataset, tmp_path):
-    env, folder = model
-    bad = _copy(folder, tmp_path / "model")
-    marker = tmp_path / "PWNED"
-    good = torch.load(folder / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=True)
-    torch.save({**good, "payload": _Payload(marker)}, bad / "fold_0" / "checkpoint_final.pth")
-    proc = _predict(env, bad, _study(tiny_dataset, tmp_path / "in"), tmp_path / "out")
-    assert not marker.exists(), "the checkpoint's code ran"
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert str(bad / "fold_0" / "checkpoint_final.pth") in proc.stderr
-    assert "not a weights-only checkpoint" in proc.stderr and "posix.system" in proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert not list((tmp_path / "out").glob("*/lesions.nii.gz"))
+def _model_folder(root: Path, plans: dict | None = None, dataset: dict | None = None) -> Path:
+    folder = root / "Dataset501_X" / f"{TRAINER}__nnUNetPlans__3d_fullres"
+    (folder / "fold_0").mkdir(parents=True)
+    (folder / "plans.json").write_text(json.dumps(plans or {}))
+    (folder / "dataset.json").write_text(json.dumps(dataset or {"channel_names": {"0": "CT", "1": "PET"},
+                                                                "labels": {"background": 0, "lesion": 1}}))
+    return folder
 
 
-@pytest.mark.parametrize("kind,expected", [
-    ("empty", "is empty (0 bytes)"),
-    ("text", "is not a PyTorch checkpoint: it is a text file"),
-    ("truncated", "truncated or corrupt"),
-    ("no_trainer_name", "not an nnU-Net training checkpoint (no 'trainer_name'"),
-    ("other_architecture", "do not fit the network nnUNetTrainerPETCT_tiny builds"),
-])
-def test_broken_model_checkpoints_are_named(model, tiny_dataset, tmp_path, kind, expected):
-    env, folder = model
-    bad = _copy(folder, tmp_path / "model")
-    path = bad / "fold_0" / "checkpoint_final.pth"
-    good = torch.load(folder / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=True)
+def _predict(folder: Path, inp: Path, out: Path, **env: str):
+    inp.mkdir(exist_ok=True)
+    args = ["-i", inp, "-o", out, "-m", folder, "-f", "0", "-device", "cpu", "--disable_tta", "-npp", "0",
+            "-nps", "0", "-q"]
+    return run_cli("nnUNetv2_petct_predict", args, {**os.environ, **env}, timeout=300)
+
+
+def _network_state(plans: dict, dataset: dict, in_channels: int | None = None) -> dict:
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunetv2_petct.nnunet.registry import find_trainer_class
+
+    pm = PlansManager(plans)
+    cm = pm.get_configuration("3d_fullres")
+    n_in = in_channels or determine_num_input_channels(pm, cm, dataset)
+    net = find_trainer_class(TRAINER).build_network_architecture(
+        pm, cm, n_in, pm.get_label_manager(dataset).num_segmentation_heads, enable_deep_supervision=False)
+    return net.state_dict()
+
+
+def _checkpoint(weights: dict, **extra) -> dict:
+    return {"network_weights": weights, "trainer_name": TRAINER, "init_args": {"configuration": "3d_fullres"},
+            "inference_allowed_mirroring_axes": (0, 1, 2), **extra}
+
+
+def test_payload_checkpoint_in_model_folder_never_runs(tmp_path):
+    folder = _model_folder(tmp_path)
+    marker = tmp_path / "PAYLOAD_RAN"
+    ckpt = folder / "fold_0" / "checkpoint_final.pth"
+    torch.save({"network_weights": {"w": torch.zeros(1)}, "trainer_name": Payload(marker),
+                "init_args": {"configuration": "3d_fullres"}}, ckpt)
+    out = tmp_path / "out"
+    proc = _predict(folder, tmp_path / "in", out)
+    assert proc.returncode == 2, proc.stderr
+    assert not marker.exists(), "the checkpoint's pickled code ran"
+    assert str(ckpt) in proc.stderr and "not a weights-only checkpoint" in proc.stderr
+    assert "--import-trusted" in proc.stderr and "NNUNETV2_PETCT_TRUST_CHECKPOINT" in proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
+    # control: the file is live (the documented override unpickles it, running the payload)
+    _predict(folder, tmp_path / "in", out, NNUNETV2_PETCT_TRUST_CHECKPOINT="1")
+    assert marker.exists()
+
+
+def _broken(kind: str, ckpt: Path) -> str:
     if kind == "empty":
-        path.write_bytes(b"")
-    elif kind == "text":
-        path.write_text("this is not a checkpoint\n" * 20)
-    elif kind == "truncated":
-        data = (folder / "fold_0" / "checkpoint_final.pth").read_bytes()
-        path.write_bytes(data[: len(data) // 2])
-    elif kind == "no_trainer_name":
-        torch.save({k: v for k, v in good.items() if k != "trainer_name"}, path)
-    else:
-        weights = dict(good["network_weights"])
-        key = next(k for k, v in weights.items() if v.ndim == 5)
-        weights[key] = torch.zeros((weights[key].shape[0] * 2, *weights[key].shape[1:]))
-        torch.save({**good, "network_weights": weights}, path)
-    proc = _predict(env, bad, _study(tiny_dataset, tmp_path / "in"), tmp_path / "out")
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert expected in proc.stderr and str(path) in proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert not list((tmp_path / "out").glob("*/lesions.nii.gz"))
+        ckpt.write_bytes(b"")
+        return "is empty (0 bytes)"
+    if kind == "text":
+        ckpt.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123\n")
+        return "it is a text file"
+    if kind == "truncated":
+        torch.save(_checkpoint({"w": torch.zeros(1000)}), ckpt)
+        data = ckpt.read_bytes()
+        ckpt.write_bytes(data[: len(data) // 2])
+        return "truncated or corrupt"
+    if kind == "no_trainer_name":
+        torch.save({"network_weights": {"w": torch.zeros(1)}, "init_args": {"configuration": "3d_fullres"}}, ckpt)
+        return "it lacks trainer_name"
+    raise AssertionError(kind)
 
 
-def test_the_intact_model_still_predicts_and_the_override_is_documented(model, tiny_dataset, tmp_path):
-    env, folder = model
-    proc = _predict(env, folder, _study(tiny_dataset, tmp_path / "in"), tmp_path / "out")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert len(list((tmp_path / "out").glob("*/lesions.nii.gz"))) == 1
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    assert "NNUNETV2_PETCT_TRUST_CHECKPOINT" in readme and "unpickles" in readme
+@pytest.mark.parametrize("kind", ["empty", "text", "truncated", "no_trainer_name"])
+def test_broken_model_checkpoint_is_named(tmp_path, kind):
+    folder = _model_folder(tmp_path)
+    ckpt = folder / "fold_0" / "checkpoint_final.pth"
+    says = _broken(kind, ckpt)
+    out = tmp_path / "out"
+    proc = _predict(folder, tmp_path / "in", out)
+    assert proc.returncode == 2, proc.stderr
+    assert str(ckpt) in proc.stderr and says in proc.stderr, proc.stderr
+    assert ("again" in proc.stderr) and "Traceback" not in proc.stderr and not out.exists()
+
+
+def test_other_architecture_and_good_checkpoint(tiny_planned, tmp_path):
+    d = tiny_planned
+    pre = Path(d.env["nnUNet_preprocessed"]) / d.dataset_name
+    plans = json.loads((pre / "nnUNetPlans.json").read_text())
+    dataset = json.loads((pre / "dataset.json").read_text())
+    folder = _model_folder(tmp_path, plans, dataset)
+    ckpt = folder / "fold_0" / "checkpoint_final.pth"
+    torch.save(_checkpoint(_network_state(plans, dataset, in_channels=1)), ckpt)
+    out = tmp_path / "out"
+    proc = _predict(folder, d.test_images, out)
+    assert proc.returncode == 2, proc.stderr
+    assert str(ckpt) in proc.stderr and "another architecture" in proc.stderr and "of another shape" in proc.stderr
+    assert len(proc.stderr.splitlines()) < 5 and "Traceback" not in proc.stderr and not out.exists()
+    # the same folder with weights of this network predicts through the weights-only path
+    torch.save(_checkpoint(_network_state(plans, dataset)), ckpt)
+    inp = tmp_path / "in"
+    inp.mkdir()
+    first = sorted(d.test_images.glob("*_0000.nii.gz"))[0].name[: -len("_0000.nii.gz")]
+    for ch in ("0000", "0001"):
+        shutil.copy(d.test_images / f"{first}_{ch}.nii.gz", inp)
+    proc = _predict(folder, inp, out)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / first / "lesions.nii.gz").is_file()
