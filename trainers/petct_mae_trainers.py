@@ -2,6 +2,8 @@
 
 from nnunetv2_petct.nnunet.trainers.mae import (
     nnUNetTrainerPETCTMAE,
+    nnUNetTrainerPETCTMAE_CPUAugment,
+    nnUNetTrainerPETCTMAE_CPUAugment_tiny,
     nnUNetTrainerPETCTMAE_CTOnly,
     nnUNetTrainerPETCTMAE_CTOnly_tiny,
     nnUNetTrainerPETCTMAE_JointMask,
@@ -21,6 +23,8 @@ from nnunetv2_petct.nnunet.trainers.mae import (
 
 __all__ = [
     "nnUNetTrainerPETCTMAE",
+    "nnUNetTrainerPETCTMAE_CPUAugment",
+    "nnUNetTrainerPETCTMAE_CPUAugment_tiny",
     "nnUNetTrainerPETCTMAE_CTOnly",
     "nnUNetTrainerPETCTMAE_CTOnly_tiny",
     "nnUNetTrainerPETCTMAE_JointMask",
