@@ -48,6 +48,23 @@ def _jsonable(v) -> bool:
         return False
 
 
+def _from_multiple_points(obj: Mapping, source: str) -> dict:
+    """grand-challenge's "Multiple points" object (the autoPET IV container's ``lesion-clicks.json``:
+    ``{"points": [{"name": "tumor"|"background", "point": [x, y, z]}, ...]}``) as the plain object."""
+    plain: dict[str, list] = {kind: [] for kind in KINDS}
+    points = obj["points"]
+    if not isinstance(points, list):
+        raise ClickFileError(f"{source}: 'points' must be a list, got {type(points).__name__}")
+    for i, p in enumerate(points, 1):
+        if not isinstance(p, Mapping) or "name" not in p or "point" not in p:
+            raise ClickFileError(f"{source}: point {i} ({p!r}): needs 'name' (tumor or background) and 'point'")
+        name = str(p["name"]).strip().lower()
+        if name not in plain:
+            raise ClickFileError(f"{source}: point {i}: name {p['name']!r} is neither 'tumor' nor 'background'")
+        plain[name].append(p["point"])
+    return plain
+
+
 @dataclass(frozen=True)
 class Clicks:
     """Tumor and background clicks, voxel indices (x, y, z) of the PET image, in the order given."""
@@ -91,7 +108,8 @@ class Clicks:
 
     @classmethod
     def from_json(cls, obj, source: str = "clicks") -> Clicks:
-        """Validate the autoPET IV object (a missing kind = no click of it).
+        """Validate the autoPET IV object (a missing kind = no click of it), or grand-challenge's "Multiple
+        points" object of the challenge container (``{"points": [{"name", "point"}, ...]}``).
 
         Raises:
             ClickFileError: not an object, other keys, a kind that is not a list, a click that is not three
@@ -101,6 +119,8 @@ class Clicks:
         if not isinstance(obj, Mapping):
             raise ClickFileError(f"{source}: expected an object {{\"tumor\": [...], \"background\": [...]}}, "
                                  f"got {type(obj).__name__}")
+        if "points" in obj:
+            obj = _from_multiple_points(obj, source)
         other = sorted(set(obj) - set(KINDS))
         if other:
             raise ClickFileError(f"{source}: unknown key(s) {', '.join(map(repr, other))}; a click file has "
@@ -165,16 +185,12 @@ def read_clicks(path: str | os.PathLike, shape_zyx: Sequence[int] | None = None,
 
 
 def write_clicks(path: str | os.PathLike, clicks: Clicks) -> Path:
-    """Write ``clicks`` as autoPET IV JSON, atomically (a temporary file, then a rename)."""
+    """Write ``clicks`` as autoPET IV JSON, atomically (:func:`nnunetv2_petct.io.write_json_atomic`)."""
+    from nnunetv2_petct.io import write_json_atomic
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp_{os.getpid()}_{path.name}")
-    try:
-        tmp.write_text(json.dumps(clicks.to_json()) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_json_atomic(clicks.to_json(), path, indent=None)
 
 
 def read_click_folder(folder: str | os.PathLike, case_ids: Sequence[str]) -> dict[str, Clicks]:

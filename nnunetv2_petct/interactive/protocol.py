@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from nnunetv2_petct.evaluation.metrics import autopet_case_metrics
+from nnunetv2_petct.io import write_text_atomic
 
 N_CLICK_STEPS = 10
 SIX = ("dice_auc", "fpv_auc", "fnv_auc", "dice_final", "fpv_final", "fnv_final")
@@ -96,27 +97,18 @@ def write_interactive_csv(path: str | os.PathLike, rows: Sequence[Mapping], summ
     lines.append(",".join("mean" if c == "case" else _cell(summary[c]["mean"]) if c in summary else "" for c in cols))
     lines.append(",".join("n" if c == "case" else str(summary[c]["n"]) if c in summary else "" for c in cols))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp_{os.getpid()}_{path.name}")
-    try:
-        tmp.write_text("\n".join(lines) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_text_atomic("\n".join(lines) + "\n", path)
 
 
 def plot_dice_vs_clicks(path: str | os.PathLike, curves: Mapping[str, np.ndarray], title: str = "") -> Path | None:
     """Mean Dice against the number of clicks, one line per method with ± sd error bars over the rows of its
     array (cases or seeds: ``(n, K + 1)``; NaN rows left out per click). Writes a PNG; None without data."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from nnunetv2_petct.evaluation.plots import _new_figure, _save_figure
 
     data = {k: np.asarray(v, dtype=np.float64).reshape(len(v), -1) for k, v in curves.items() if len(v)}
     if not data:
         return None
-    fig, ax = plt.subplots(figsize=(6.0, 4.0), dpi=120)
+    fig, ax = _new_figure((6.0, 4.0), 120)
     for i, (name, arr) in enumerate(data.items()):
         x = np.arange(arr.shape[1]) + (i - (len(data) - 1) / 2) * 0.06
         mean = np.nanmean(arr, axis=0)
@@ -132,14 +124,7 @@ def plot_dice_vs_clicks(path: str | os.PathLike, curves: Mapping[str, np.ndarray
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp_{os.getpid()}_{path.name}")
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return path
+    return _save_figure(fig, path)
 
 
 __all__ = ["N_CLICK_STEPS", "SIX", "click_auc", "interactive_case_metrics", "interactive_summary",

@@ -16,14 +16,12 @@ converters do. No click file means no clicks (the model's non-interactive result
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
-from collections.abc import Mapping
 from pathlib import Path
 
-from nnunetv2_petct.interactive.clicks import ClickFileError, Clicks
+from nnunetv2_petct.interactive.clicks import ClickFileError, Clicks, read_clicks
 
 logger = logging.getLogger(__name__)
 
@@ -33,44 +31,6 @@ CLICK_FILE = "lesion-clicks.json"
 
 class ContainerLayoutError(ValueError):
     """The input folder is not the autoPET IV container layout; the message says what is missing."""
-
-
-def clicks_from_json_object(obj, source: str) -> Clicks:
-    """:class:`Clicks` from grand-challenge's "Multiple points" object or the plain autoPET IV object.
-
-    Raises:
-        ClickFileError: a point without ``name``/``point``, a name other than tumor/background (named).
-    """
-    if isinstance(obj, Mapping) and "points" in obj:
-        plain: dict[str, list] = {"tumor": [], "background": []}
-        points = obj["points"]
-        if not isinstance(points, list):
-            raise ClickFileError(f"{source}: 'points' must be a list, got {type(points).__name__}")
-        for i, p in enumerate(points, 1):
-            if not isinstance(p, Mapping) or "name" not in p or "point" not in p:
-                raise ClickFileError(f"{source}: point {i} ({p!r}): needs 'name' (tumor or background) and 'point'")
-            name = str(p["name"]).strip().lower()
-            if name not in plain:
-                raise ClickFileError(f"{source}: point {i}: name {p['name']!r} is neither 'tumor' nor 'background'")
-            plain[name].append(p["point"])
-        obj = plain
-    return Clicks.from_json(obj, source=source)
-
-
-def read_container_clicks(path: str | os.PathLike) -> Clicks:
-    """Read a click file in either format (see :func:`clicks_from_json_object`).
-
-    Raises:
-        ClickFileError: unreadable or malformed JSON (file and position named), or a bad click.
-    """
-    path = Path(path)
-    try:
-        obj = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ClickFileError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ClickFileError(f"{path}: cannot read ({e})") from None
-    return clicks_from_json_object(obj, source=str(path))
 
 
 def find_container_inputs(input_dir: str | os.PathLike) -> tuple[Path, Path, Path | None, str]:
@@ -135,7 +95,7 @@ def predict_autopet_iv(input_dir: str | os.PathLike, output_dir: str | os.PathLi
     from nnunetv2_petct.io import probe_writable_dir
 
     ct_file, pet_file, click_file, uuid = find_container_inputs(input_dir)
-    clicks = read_container_clicks(click_file) if click_file is not None else Clicks()
+    clicks = read_clicks(click_file) if click_file is not None else Clicks()
     out_dir = probe_writable_dir(Path(output_dir) / OUTPUT_INTERFACE)
     with tempfile.TemporaryDirectory(prefix="autopet_iv_") as tmp:
         ct_input = _ct_on_pet_grid(ct_file, pet_file, Path(tmp))
@@ -146,5 +106,5 @@ def predict_autopet_iv(input_dir: str | os.PathLike, output_dir: str | os.PathLi
     return out
 
 
-__all__ = ["CLICK_FILE", "ContainerLayoutError", "OUTPUT_INTERFACE", "clicks_from_json_object",
-           "find_container_inputs", "predict_autopet_iv", "read_container_clicks"]
+__all__ = ["CLICK_FILE", "ClickFileError", "ContainerLayoutError", "OUTPUT_INTERFACE", "find_container_inputs",
+           "predict_autopet_iv"]

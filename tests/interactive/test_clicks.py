@@ -81,3 +81,19 @@ def test_folder_needs_one_file_per_case_and_no_stray_file(tmp_path):
         read_click_folder(tmp_path, ["a"])
     with pytest.raises(ClickFileError, match="no such click folder"):
         read_click_folder(tmp_path / "nope", ["a"])
+
+
+def test_grand_challenge_multiple_points_format(tmp_path):
+    """The autoPET IV container's lesion-clicks.json: the same clicks as the plain format, names checked."""
+    p = tmp_path / "lesion-clicks.json"
+    p.write_text(json.dumps({"version": {"major": 1, "minor": 0}, "type": "Multiple points",
+                             "points": [{"point": [109, 103, 353], "name": "tumor"},
+                                        {"point": [84, 84, 264], "name": "background"},
+                                        {"point": [99, 92, 178], "name": "Tumor"}]}))
+    assert read_clicks(p) == Clicks(((109, 103, 353), (99, 92, 178)), ((84, 84, 264),))
+    p.write_text(json.dumps({"points": [{"point": [1, 2, 3], "name": "lesion"}]}))
+    with pytest.raises(ClickFileError, match="point 1: name 'lesion' is neither"):
+        read_clicks(p)
+    p.write_text(json.dumps({"points": [{"point": [1, -2, 3], "name": "tumor"}]}))
+    with pytest.raises(ClickFileError, match=r"tumor click 1 \[1, -2, 3\]"):
+        read_clicks(p)

@@ -249,10 +249,8 @@ class InteractiveClicksMixin:
         pet = data[:, 1] if data.shape[1] > 1 else None
         tumor, background = sample_batch_clicks(label, pet, tuple(self.configuration_manager.spacing), rng,
                                                 self.click_config)
-        as_t = [torch.as_tensor(np.asarray(p, dtype=np.float32).reshape(-1, 3)) for p in tumor]
-        as_b = [torch.as_tensor(np.asarray(p, dtype=np.float32).reshape(-1, 3)) for p in background]
         data = data.to(self.device, non_blocking=True)
-        maps = render_click_channels_torch(as_t, as_b, tuple(data.shape[2:]), tuple(self.configuration_manager.spacing),
+        maps = render_click_channels_torch(tumor, background, tuple(data.shape[2:]), tuple(self.configuration_manager.spacing),
                                            effective_sigma_mm(self.click_sigma_mm, self.configuration_manager.spacing),
                                            device=data.device)
         out = dict(batch)
