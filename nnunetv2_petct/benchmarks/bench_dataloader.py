@@ -4,7 +4,8 @@ The pipeline is exactly what ``nnUNetv2_train ... -tr nnUNetTrainerPETCTMAE`` bu
 ``nnUNetTrainer.get_dataloaders``), assembled here without a trainer instance:
 
 - data: nnU-Net's blosc2 dataset class (``infer_dataset_class``) over ``<preprocessed>/<data_identifier>``;
-- ``nnUNetDataLoader`` with the trainer's initial (pre-augmentation) patch size, the final patch size,
+- the trainer's loader class (``training_loader_class``: the MAE trainer's image-only ``MAEPatchLoader``, else
+  ``nnUNetDataLoader``) with the trainer's initial (pre-augmentation) patch size, the final patch size,
   the plans' batch size and the trainer's foreground oversampling (MAE: 0);
 - the trainer's ``get_training_transforms`` (MAE: random zoom with p 0.2 and mirroring only; nnU-Net's
   default trainer when the MAE trainer cannot be imported) with its own
@@ -182,7 +183,8 @@ def _profile(make_raw_loader, transforms, n_batches: int, batch_size: int) -> di
                 batch = loader.generate_train_batch()
                 load_s += time.perf_counter() - t0
                 for j in range(batch_size):
-                    sample = {"image": batch["data"][j], "segmentation": batch["target"][j]}
+                    target = batch.get("target")
+                    sample = {"image": batch["data"][j], "segmentation": None if target is None else target[j]}
                     for t in getattr(transforms, "transforms", [transforms]):
                         t0 = time.perf_counter()
                         sample = t(**sample)
@@ -444,8 +446,10 @@ def run(size: str = "small", n_batches: int = 20, workers: Sequence[int] = (0, 1
             on_device = is_mae and _augments_on_device(trainer_cls)
             delivered = initial_patch if on_device else patch
 
+            loader_class = getattr(trainer_cls, "training_loader_class", lambda: nnUNetDataLoader)()
+
             def make_loader(with_transforms=True):
-                return nnUNetDataLoader(dataset, bs, initial_patch, patch, lm,
+                return loader_class(dataset, bs, initial_patch, patch, lm,
                                         oversample_foreground_percent=oversample, sampling_probabilities=None,
                                         pad_sides=None, transforms=transforms if with_transforms else None,
                                         probabilistic_oversampling=False)
@@ -459,6 +463,7 @@ def run(size: str = "small", n_batches: int = 20, workers: Sequence[int] = (0, 1
                 "trainer": name,
                 "trainer_class": trainer_cls,
                 "transforms_from": trainer_cls.__name__,
+                "loader_class": loader_class.__name__,
                 "augmentation_on": "device" if on_device else "cpu",
                 "initial_patch_size": initial_patch,
                 "delivered_patch_size": [int(p) for p in delivered],

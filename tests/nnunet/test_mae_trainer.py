@@ -74,6 +74,7 @@ def test_logs_progress_previews_and_final_validation(mae_run):
     cfg = json.loads(re.search(r"MAE pretraining config: (\{.*?\}) \|", log).group(1))
     assert cfg["optimizer"] == "adamw" and cfg["initial_lr"] == 5e-4 and cfg["grad_clip"] == 1.0
     assert "foundation checkpoint written" in log
+    assert "MAE training loader: MAEPatchLoader" in log  # the image-only loader is the one nnU-Net ran
     train_ckpt = torch.load(fold / "checkpoint_final.pth", weights_only=False)
     logging = train_ckpt["logging"]
     assert len(logging["val_losses"]) == 2 and all(v > 0 for v in logging["val_losses"])

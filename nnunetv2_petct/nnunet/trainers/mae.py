@@ -27,7 +27,9 @@ Data and augmentation
     batch on the training device (:mod:`nnunetv2_petct.pretraining.augment`: same distribution and output
     geometry as batchgeneratorsv2's ``SpatialTransform`` + ``MirrorTransform`` with these settings) before the
     masking. The parameters come from a CPU generator re-seeded every epoch from ``seed``, rank and epoch (a
-    stream separate from the masks'), so ``--c`` and CPU/GPU runs draw the same zooms and flips. Where the
+    stream separate from the masks'), so ``--c`` and CPU/GPU runs draw the same zooms and flips. The training
+    loader is :class:`~nnunetv2_petct.nnunet.mae_loader.MAEPatchLoader` (image only, decompressed straight into
+    the batch; no label, no properties file). Where the
     plans normalise inside a mask (``use_mask_for_norm``), the loader zeroes the outside of the mask before the
     zoom instead of after it (a difference only in the interpolated edge voxels). ``"cpu"``
     (:class:`nnUNetTrainerPETCTMAE_CPUAugment`) is the earlier pipeline: both transforms per patch in the
@@ -83,12 +85,14 @@ from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 from batchgeneratorsv2.transforms.utils.nnunet_masking import MaskImageTransform
 from batchgeneratorsv2.transforms.utils.remove_label import RemoveLabelTansform
 from nnunetv2.training.data_augmentation.compute_initial_patch_size import get_patch_size
+from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import distributed as dist
 
 from nnunetv2_petct.io import atomic_write, write_json_atomic
+from nnunetv2_petct.nnunet.mae_loader import MAEPatchLoader
 from nnunetv2_petct.nnunet.trainers.base import (
     CheckedPretrainedWeightsMixin,
     PETCTChannelCheckMixin,
@@ -270,6 +274,34 @@ class nnUNetTrainerPETCTMAE(TrainingSeedMixin, PETCTChannelCheckMixin, CheckedPr
                                                 tuple(cfg.zoom_range))
         self.inference_allowed_mirroring_axes = mirror_axes
         return no_rotation, False, initial_patch_size, mirror_axes
+
+    @classmethod
+    def training_loader_class(cls) -> type:
+        """The data loader class of this trainer's pipeline: :class:`MAEPatchLoader` (image-only crops) with
+        the augmentation on the device, nnU-Net's ``nnUNetDataLoader`` for the CPU pipeline."""
+        return MAEPatchLoader if cls.mae_config.spatial_augment_on == "device" else nnUNetDataLoader
+
+    def get_dataloaders(self):
+        """nnU-Net's ``get_dataloaders`` (datasets, workers, augmenters), with :meth:`training_loader_class` as
+        the loader class. nnU-Net offers no hook for the class: the name its trainer module uses is bound to
+        ours for the duration of this call only (same constructor; the loader falls back to nnU-Net's batch
+        whenever a transform, oversampling or 2D data needs it)."""
+        import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as trainer_module
+
+        loader_class = self.training_loader_class()
+        if loader_class is nnUNetDataLoader:
+            return super().get_dataloaders()
+        if getattr(trainer_module, "nnUNetDataLoader", None) is not nnUNetDataLoader:
+            raise RuntimeError("nnU-Net's trainer module no longer creates its loaders as nnUNetDataLoader; "
+                               "the MAE loader cannot be installed")
+        trainer_module.nnUNetDataLoader = loader_class
+        try:
+            loaders = super().get_dataloaders()
+        finally:
+            trainer_module.nnUNetDataLoader = nnUNetDataLoader
+        self.print_to_log_file(f"MAE training loader: {loader_class.__name__} (image-only crops, augmentation on "
+                               f"{self.device})")
+        return loaders
 
     @classmethod
     def get_training_transforms(cls, patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
