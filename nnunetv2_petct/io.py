@@ -279,6 +279,46 @@ def probe_writable_dir(folder: str | os.PathLike, what: str = "output folder") -
     return folder
 
 
+# ------------------------------------------------------------------------------------------- machine
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else :func:`platform.processor`), "" when unknown."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or ""
+
+
+def machine_facts() -> dict:
+    """What decides the numbers of a seeded run besides the seed: the same seed on another CPU (or another
+    thread count, torch version or GPU) runs other kernels and gives other floating-point results.
+
+    Returns ``platform``, ``python``, ``cpu_model``, ``logical_cores``, ``torch`` (version), ``torch_threads``
+    (this process), ``omp_num_threads`` (the environment's ``OMP_NUM_THREADS``, None when unset) and ``gpu``
+    (CUDA device name or None). Missing torch leaves its fields None.
+    """
+    import platform
+
+    facts: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
+                             "cpu_model": cpu_model(), "logical_cores": os.cpu_count(), "torch": None,
+                             "torch_threads": None, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                             "gpu": None}
+    try:
+        import torch
+    except ImportError:
+        return facts
+    facts.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
+    with contextlib.suppress(Exception):
+        if torch.cuda.is_available():
+            facts["gpu"] = torch.cuda.get_device_name(0)
+    return facts
+
+
 # ------------------------------------------------------------------------------------------- writing
 def temporary_path(final: str | os.PathLike, tmp_dir: str | os.PathLike | None = None) -> Path:
     """A unique temporary path for ``final``: hidden, next to it, or inside ``tmp_dir`` (which must be on
@@ -359,6 +399,30 @@ def atomic_write(path: str | os.PathLike, *, tmp_dir: str | os.PathLike | None =
         yield tmp
 
 
+#: The file that marks a folder as this tool's staging or work folder: written first into every staging
+#: folder of :func:`atomic_directory` (removed just before the folder is renamed into place) and into work
+#: folders. Leftovers of a killed run are recognised by this marker and the writer's process id in it,
+#: never by a folder name (a DICOM PatientID can produce any name, e.g. ``.tmp_99999``).
+STAGING_MARKER = ".nnunetv2_petct_staging"
+
+
+def mark_staging(folder: str | os.PathLike) -> Path:
+    """Write :data:`STAGING_MARKER` (holding this process's id) into ``folder``; returns the marker path."""
+    marker = Path(folder) / STAGING_MARKER
+    marker.write_text(f"{os.getpid()}\n")
+    return marker
+
+
+def staging_owner_pid(folder: str | os.PathLike) -> int | None:
+    """The process id in ``folder``'s :data:`STAGING_MARKER`, or None when ``folder`` has no readable marker
+    (then it is not ours to remove: a result folder, whatever its name)."""
+    try:
+        text = (Path(folder) / STAGING_MARKER).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() else None
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike, *, overwrite: bool = False, tmp_dir: str | os.PathLike | None = None,
                      verify: Callable[[Path], None] | None = verify_written) -> Iterator[Path]:
@@ -378,7 +442,7 @@ def atomic_directory(path: str | os.PathLike, *, overwrite: bool = False, tmp_di
             ``.old_*`` name next to ``path``; they are never half-replaced). Without it an existing
             ``path`` raises :class:`FileExistsError` before anything is written.
         tmp_dir: parent of the staging folder (default: ``path``'s parent, hidden ``.tmp_*`` name); must be on
-            the same file system.
+            the same file system. The staging folder holds :data:`STAGING_MARKER` until it is renamed.
         verify: called on every file in the staging folder (default :func:`verify_written`); None skips it.
 
     Raises:
@@ -397,6 +461,7 @@ def atomic_directory(path: str | os.PathLike, *, overwrite: bool = False, tmp_di
     stage = parent / f".tmp_{tag}_{final.name}"
     try:
         stage.mkdir(parents=True)
+        mark_staging(stage)
     except OSError as e:
         raise _write_error(f"cannot write {final}: {describe_os_error(e)}", e) from None
     try:
@@ -408,6 +473,7 @@ def atomic_directory(path: str | os.PathLike, *, overwrite: bool = False, tmp_di
             raise _write_error(f"cannot write {final}: {describe_os_error(e)}", e) from e
         current = stage
         try:
+            (stage / STAGING_MARKER).unlink(missing_ok=True)
             for f in sorted(p for p in stage.rglob("*") if p.is_file()):
                 current = f
                 _fsync_file(f)

@@ -6,7 +6,6 @@ import argparse
 import importlib
 import inspect
 import json
-import platform
 import sys
 import time
 
@@ -29,19 +28,12 @@ NOT_IN_ALL = ("gpu", "label-efficiency", "interactive")
 
 
 def machine() -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version()}
-    try:
-        import os
+    """The machine the figures come from (:func:`nnunetv2_petct.io.machine_facts`)."""
+    from nnunetv2_petct.io import machine_facts
 
-        info["cpu_count"] = os.cpu_count()
-        import torch
-
-        info["torch"] = torch.__version__
-        if torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name(0)
-    except Exception:
-        pass
-    return info
+    facts = machine_facts()
+    facts["cpu_count"] = facts["logical_cores"]  # the name earlier figures used
+    return facts
 
 
 def run_one(name: str, **kwargs) -> dict:

@@ -206,6 +206,12 @@ def _profile(make_raw_loader, transforms, n_batches: int, batch_size: int) -> di
     }
 
 
+def _median_run(runs: Sequence[dict], key: str) -> dict:
+    """The run whose ``key`` is the median of ``runs`` (the lower middle one for an even count)."""
+    ordered = sorted(runs, key=lambda r: r[key])
+    return dict(ordered[(len(ordered) - 1) // 2])
+
+
 def _floor(dataset, identifiers: Sequence[str], crop: Sequence[int], n_patches: int, seed: int = 0) -> dict:
     """The loading floor: per patch, open a case, decompress and crop ``crop`` voxels of its image (a random
     in-bounds position; clipped to small cases), as a contiguous float32 tensor; nothing else (no label, no
@@ -339,7 +345,8 @@ def run(size: str = "small", n_batches: int = 20, workers: Sequence[int] = (0, 1
         preprocessed_folder: str | os.PathLike | None = None, configuration: str = "3d_fullres",
         plans_identifier: str = "nnUNetPlans", profile_batches: int | None = None, keep: bool = False,
         workdir: str | os.PathLike | None = None, seed: int = 0, compare_cpu_augment: bool = True,
-        measure_device_augment: bool = True, device: str = "cpu", step_batch_size: int | None = None) -> dict:
+        measure_device_augment: bool = True, device: str = "cpu", step_batch_size: int | None = None,
+        profile_repeats: int = 3) -> dict:
     """Patches per second of the pretraining data pipeline for each worker count in ``workers``.
 
     Args:
@@ -358,6 +365,8 @@ def run(size: str = "small", n_batches: int = 20, workers: Sequence[int] = (0, 1
             of phantoms.
         configuration, plans_identifier: which preprocessed data and plans.
         profile_batches: batches for the single-process profile (default ``min(n_batches, 10)``).
+        profile_repeats: rounds of the single-process figures (pipeline profile, floor, the earlier pipeline's
+            profile), interleaved after all worker runs; each figure is the median over the rounds.
         keep, workdir: keep / place the temporary tree.
         seed: numpy/torch seed for patch sampling and augmentation.
         compare_cpu_augment: with the MAE trainer (augmentation on the device), measure the pipeline before
@@ -458,7 +467,6 @@ def run(size: str = "small", n_batches: int = 20, workers: Sequence[int] = (0, 1
             for w in workers:
                 per_workers.append(_throughput(make_loader, w, n_batches, bs, delivered))
                 logger.info("dataloader %s workers=%d: %.2f patches/s", name, w, per_workers[-1]["patches_per_s"])
-            profile = _profile(lambda: make_loader(False), transforms, profile_n, bs)
             return {
                 "trainer": name,
                 "trainer_class": trainer_cls,
@@ -470,7 +478,8 @@ def run(size: str = "small", n_batches: int = 20, workers: Sequence[int] = (0, 1
                 "transforms": [type(t).__name__ for t in getattr(transforms, "transforms", [transforms])],
                 "per_workers": per_workers,
                 "patches_per_s_by_workers": {str(r["workers"]): r["patches_per_s"] for r in per_workers},
-                "profile": profile,
+                "make_raw_loader": lambda: make_loader(False),
+                "transform_pipeline": transforms,
             }
 
         main = measure(trainer)
@@ -480,8 +489,27 @@ def run(size: str = "small", n_batches: int = 20, workers: Sequence[int] = (0, 1
         if compare_cpu_augment and on_device:
             before = measure("mae_cpu_augment")
             before.pop("trainer_class")
+        # single-process costs after every worker is gone, interleaved (pipeline, floor, [before], ...) so
+        # that each figure sees the same machine state; the median of ``profile_repeats`` rounds each
+        runs: dict[str, list] = {"main": [], "floor": [], "before": []}
+        for r in range(max(1, int(profile_repeats))):
+            runs["main"].append(_profile(main["make_raw_loader"], main["transform_pipeline"], profile_n, bs))
+            runs["floor"].append(_floor(dataset, identifiers, main["initial_patch_size"], max(1, profile_n * bs),
+                                        seed=seed + r))
+            if before is not None:
+                runs["before"].append(_profile(before["make_raw_loader"], before["transform_pipeline"], profile_n,
+                                               bs))
+        for d in (main, before):
+            if d is not None:
+                d.pop("make_raw_loader")
+                d.pop("transform_pipeline")
+        main["profile"] = _median_run(runs["main"], "ms_per_patch_total")
+        if before is not None:
+            before["profile"] = _median_run(runs["before"], "ms_per_patch_total")
+        floor = _median_run(runs["floor"], "ms_per_patch")
+        floor["repeats_ms_per_patch"] = [f["ms_per_patch"] for f in runs["floor"]]
+        main["profile"]["repeats_ms_per_patch_total"] = [p["ms_per_patch_total"] for p in runs["main"]]
         per_workers, profile = main["per_workers"], main["profile"]
-        floor = _floor(dataset, identifiers, main["initial_patch_size"], max(1, profile_n * bs), seed=seed)
         total_ms = profile["ms_per_patch_total"]
 
         voxels = float(np.prod(patch))

@@ -151,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     except (BadInputError, WriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: every case written so far is complete (each is written whole or not at all); the "
+              "same command converts the rest", file=sys.stderr)
+        return 130
     print(report.summary())
     return 0 if report.ok else 1
 

@@ -33,7 +33,9 @@ inputs
   --check TARGET: would nnUNetv2_train -tr nnUNetTrainerPETCTLateFusionProbe -pretrained_weights OUT
   accept it for TARGET (plans file, trained-model folder or preprocessed dataset folder)?
 
-exit codes: 0 done / compatible, 1 incompatible (--check), 2 bad input.
+Everything is checked before the output is written: a refused run (exit 1 or 2) writes nothing.
+
+exit codes: 0 written (and compatible with --check), 1 incompatible with --check (not written), 2 bad input.
 """
 
 
@@ -60,20 +62,23 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if a.quiet else logging.INFO, format="%(message)s")
-    from nnunetv2_petct.transfer.late_fusion import LateFusionError, write_late_fusion_checkpoint
-    from nnunetv2_petct.transfer.weights import IncompatibleCheckpointError, check_compatibility
+    from nnunetv2_petct.transfer.late_fusion import LateFusionError, load_late_fusion_bundle
+    from nnunetv2_petct.transfer.weights import (
+        IncompatibleCheckpointError,
+        check_compatibility,
+        save_checkpoint,
+    )
 
     if Path(a.output).exists() and not a.force:
         print(f"error: {a.output} exists (use -f to overwrite)", file=sys.stderr)
         return 2
+    # everything is checked before anything is written: the sources, the --check target, the compatibility
     try:
-        bundle = write_late_fusion_checkpoint(a.ct, a.pet, a.output)
+        bundle = load_late_fusion_bundle(a.ct, a.pet)
     except (FileNotFoundError, IncompatibleCheckpointError, LateFusionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if not a.quiet:
-        print(f"wrote {a.output}: {len(bundle['network_weights'])} tensors (branches ct, pet) for "
-              f"nnUNetTrainerPETCTLateFusionProbe")
+    report = None
     if a.check:
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -86,11 +91,21 @@ def main(argv: list[str] | None = None) -> int:
             n_out = pm.get_label_manager(dataset_json).num_segmentation_heads if dataset_json else 2
             net = build_late_fusion_network(pm, pm.get_configuration(configuration), 2, n_out)
         except (FileNotFoundError, ValueError, KeyError) as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: --check {a.check}: {e} (nothing written)", file=sys.stderr)
             return 2
         report = check_compatibility(bundle, net)
         print(report.message())
-        return 0 if report.ok else 1
+        if not report.ok:
+            print(f"{a.output} not written: the bundle does not fit {a.check}", file=sys.stderr)
+            return 1
+    try:
+        save_checkpoint(bundle, a.output)
+    except OSError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not a.quiet:
+        print(f"wrote {a.output}: {len(bundle['network_weights'])} tensors (branches ct, pet) for "
+              f"nnUNetTrainerPETCTLateFusionProbe")
     return 0
 
 

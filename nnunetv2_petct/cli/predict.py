@@ -3,7 +3,8 @@
 Thin layer over :func:`nnunetv2_petct.clinical.pipeline.predict_studies` with
 :class:`nnunetv2_petct.nnunet.predictor.NnUNetLesionPredictor` (nnU-Net's own predictor).
 Exit codes: 0 every study done (or already there), 1 some study failed (the others are written),
-2 bad input (missing folder, no study, model not found or unfit).
+2 bad input (missing folder, no study, model not found or unfit, an output folder that cannot be written,
+the disk filling up during the run), 130 interrupted (Ctrl-C; nothing half-written).
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ interactive (a click-guided model, nnUNetTrainerPETCTInteractive*): --clicks giv
 (clicks.json for a single study, or a folder of <study>.json); a click outside the PET image, a negative
 or non-integer index or a malformed file is named and nothing is written for that study. --autopet-iv
 runs the autoPET IV container layout (/input -> /output/images/tumor-lesion-segmentation/<uuid>.mha).
+
+exit codes: 0 every study done (or already there), 1 some study failed (its reason is printed and in
+summary.csv; the others are written), 2 the run cannot start (missing folder, no study, model not found,
+unreadable or unsafe checkpoint, output folder not writable) or the disk filled up, 130 interrupted (Ctrl-C).
+Warnings (e.g. a PatientWeight outside 20-250 kg) are printed as "WARNING <study>: ..." and kept in report.json.
 
 example (a fine-tuned model):
   nnUNetv2_petct_predict -i /data/incoming_dicom -o /data/lesions -d 221 -c 3d_fullres -f 0 1 2 3 4 \\
@@ -146,50 +152,78 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from tqdm import tqdm
 
-    from nnunetv2_petct.clinical.pipeline import BadRunInput, check_run_folders, predict_studies
-    from nnunetv2_petct.nnunet.predictor import (
-        ModelSelectionError,
-        NnUNetLesionPredictor,
-        resolve_model_folder,
-    )
+    from nnunetv2_petct.clinical.pipeline import BadRunInput
+    from nnunetv2_petct.interactive.clicks import ClickFileError
+    from nnunetv2_petct.io import WriteError
+    from nnunetv2_petct.nnunet.autopet_iv import ContainerLayoutError
+    from nnunetv2_petct.nnunet.predictor import ModelSelectionError
 
     def progress(res) -> None:
         if res.status == "failed":
             tqdm.write(f"FAILED {res.name}: {res.reason}", file=sys.stderr)
-        elif not a.quiet:
+            return
+        for w in res.warnings:
+            tqdm.write(f"WARNING {res.name}: {w}", file=sys.stderr)
+        if not a.quiet:
             row = res.row
             what = "already there" if res.status == "exists" else (
                 f"{row.get('lesion_count')} lesion(s), TMTV {row.get('tmtv_ml', 0) or 0:.2f} ml")
             tqdm.write(f"{res.status:6s} {res.name}: {what} -> {res.folder}", file=sys.stderr)
 
-    from nnunetv2_petct.interactive.clicks import ClickFileError
-    from nnunetv2_petct.nnunet.autopet_iv import ContainerLayoutError
-
     if a.autopet_iv and a.clicks is not None:
         print("error: --autopet-iv reads the clicks from -i/lesion-clicks.json; drop --clicks", file=sys.stderr)
         return 2
+    created = not a.o.exists()
     try:
-        check_run_folders(a.i, a.o)
-        folder = resolve_model_folder(a.d, a.c, a.tr, a.p, a.m)
-        if a.autopet_iv:
-            return _autopet_iv(a, folder)
-        if a.clicks is not None:
-            from nnunetv2_petct.nnunet.interactive_predictor import InteractiveLesionPredictor
-
-            clicks, sources = _clicks_by_study(a)
-            predictor = InteractiveLesionPredictor(folder, a.f, a.chk, a.device, a.disable_tta, a.npp, a.nps,
-                                                   a.step_size, quiet=a.quiet, clicks_by_case=clicks,
-                                                   click_sources=sources)
-        else:
-            predictor = NnUNetLesionPredictor(folder, a.f, a.chk, a.device, a.disable_tta, a.npp, a.nps,
-                                              a.step_size, quiet=a.quiet)
-        predictor.load()
-        report = predict_studies(a.i, a.o, predictor, min_volume_ml=a.min_volume_ml, anonymize=a.anonymize,
-                                 overwrite=a.overwrite, allow_non_fdg=a.allow_non_fdg, quiet=a.quiet,
-                                 ct_series=a.ct_series, pet_series=a.pet_series, on_study=progress)
-    except (BadRunInput, ModelSelectionError, ClickFileError, ContainerLayoutError) as e:
+        return _run(a, progress)
+    except (BadRunInput, ModelSelectionError, ClickFileError, ContainerLayoutError, WriteError) as e:
+        # WriteError: the output folder cannot be written (probed before anything else) or the disk filled up
+        # during the run (the studies written so far are complete)
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: nothing half-written in {a.o} (the studies finished so far are complete; the same "
+              "command does the rest)", file=sys.stderr)
+        return 130
+    finally:
+        if created:
+            _remove_if_empty(a.o)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove the output folder this run created when nothing was written into it (a refused run leaves none)."""
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def _run(a, progress) -> int:
+    """The run behind :func:`main`: folders checked (the output probed for writing), model found and loaded,
+    then every study."""
+    from nnunetv2_petct.clinical.pipeline import check_run_folders, predict_studies
+    from nnunetv2_petct.io import probe_writable_dir
+    from nnunetv2_petct.nnunet.predictor import NnUNetLesionPredictor, resolve_model_folder
+
+    check_run_folders(a.i, a.o)
+    probe_writable_dir(a.o, "output folder")
+    folder = resolve_model_folder(a.d, a.c, a.tr, a.p, a.m)
+    if a.autopet_iv:
+        return _autopet_iv(a, folder)
+    if a.clicks is not None:
+        from nnunetv2_petct.nnunet.interactive_predictor import InteractiveLesionPredictor
+
+        clicks, sources = _clicks_by_study(a)
+        predictor = InteractiveLesionPredictor(folder, a.f, a.chk, a.device, a.disable_tta, a.npp, a.nps,
+                                               a.step_size, quiet=a.quiet, clicks_by_case=clicks,
+                                               click_sources=sources)
+    else:
+        predictor = NnUNetLesionPredictor(folder, a.f, a.chk, a.device, a.disable_tta, a.npp, a.nps,
+                                          a.step_size, quiet=a.quiet)
+    predictor.load()
+    report = predict_studies(a.i, a.o, predictor, min_volume_ml=a.min_volume_ml, anonymize=a.anonymize,
+                             overwrite=a.overwrite, allow_non_fdg=a.allow_non_fdg, quiet=a.quiet,
+                             ct_series=a.ct_series, pet_series=a.pet_series, on_study=progress)
     print(report.summary())
     return 0 if report.ok else 1
 

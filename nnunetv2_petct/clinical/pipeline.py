@@ -53,7 +53,15 @@ from nnunetv2_petct.evaluation.lesion_report import (
     lesion_csv_row,
     lesion_report,
 )
-from nnunetv2_petct.io import atomic_directory, jsonable, read_json, write_json_atomic, write_text_atomic
+from nnunetv2_petct.io import (
+    atomic_directory,
+    jsonable,
+    mark_staging,
+    read_json,
+    staging_owner_pid,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +106,7 @@ class StudyResult:
     folder: str = ""
     seconds: float = 0.0
     row: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -196,15 +205,15 @@ def _pid_alive(pid: int) -> bool:
 
 
 def clean_stale_work(output_dir: Path) -> int:
-    """Remove work and staging folders (``.work_<pid>_*``, ``.tmp_<pid>_*``) left in ``output_dir`` by runs
-    that were killed (their process is gone); folders of live processes are left alone. Returns the count."""
+    """Remove work and staging folders left in ``output_dir`` by runs that were killed: folders that hold
+    :data:`nnunetv2_petct.io.STAGING_MARKER` with the id of a process that is gone. Folders of live processes
+    and every folder without the marker (results, whatever their name) are left alone. Returns the count."""
     n = 0
-    for d in output_dir.glob(".*_*"):
-        prefix, _, rest = d.name.partition("_")
-        if prefix not in (_WORK_PREFIX.rstrip("_"), ".tmp") or not d.is_dir():
+    for d in output_dir.iterdir():
+        if not d.is_dir() or d.is_symlink():
             continue
-        pid = rest.split("_", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+        pid = staging_owner_pid(d)
+        if pid is not None and pid != os.getpid() and not _pid_alive(pid):
             shutil.rmtree(d, ignore_errors=True)
             n += 1
     return n
@@ -378,7 +387,8 @@ def _report_study(prep: _Prepared, pred_file: Path, output_dir: Path, model: dic
     seconds = prep.seconds + predict_seconds + (time.perf_counter() - t0)
     row = {"study": study.name, "status": "done", "input": study.source, "folder": str(folder),
            "seconds": round(seconds, 2), **_summary_numbers(jsonable(report))}
-    return StudyResult(study.name, "done", study.source, folder=str(folder), seconds=seconds, row=row)
+    return StudyResult(study.name, "done", study.source, folder=str(folder), seconds=seconds, row=row,
+                       warnings=warnings)
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -440,7 +450,9 @@ def predict_studies(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
     work = output_dir / f"{_WORK_PREFIX}{os.getpid()}_{uuid.uuid4().hex[:8]}"
     inputs_dir, pred_dir = work / "inputs", work / "predictions"
     try:
-        inputs_dir.mkdir(parents=True)
+        work.mkdir(parents=True)
+        mark_staging(work)
+        inputs_dir.mkdir()
         pred_dir.mkdir()
         prepared: dict[str, _Prepared] = {}
         for st in tqdm(studies, desc="loading studies", unit="study", disable=quiet, file=sys.stderr):

@@ -205,7 +205,13 @@ def network_input(loaded: LoadedStudy) -> tuple[Any, Any, dict]:
         StudyError: CT and PET do not overlap, PET empty or not finite, CT not in HU or without body (the
             converters' checks).
     """
-    from nnunetv2_petct.conversion.core import ConversionError, ConversionOptions, LoadedCase, harmonize
+    from nnunetv2_petct.conversion.core import (
+        ConversionError,
+        ConversionOptions,
+        LoadedCase,
+        NonFiniteImageError,
+        harmonize,
+    )
     from nnunetv2_petct.conversion.geometry import axial_coverage, overlap_fractions_xyz
 
     try:
@@ -214,6 +220,9 @@ def network_input(loaded: LoadedStudy) -> tuple[Any, Any, dict]:
                     "in_plane_fraction_xy": [round(fx, 4), round(fy, 4)]}
         images, facts = harmonize(LoadedCase(ct=loaded.ct, pet=loaded.pet, label=None, meta={"warnings": []}),
                                   ConversionOptions(labeled=False, crop_to_body=False, min_overlap_fraction=0.0))
+    except NonFiniteImageError as e:  # the converter's hint (--nonfinite zero) is not an option of predict
+        raise StudyError(f"{e.finding}: NaN/inf voxels cannot be segmented; replace them in the input image "
+                         "(e.g. by 0) and run again") from None
     except ConversionError as e:
         raise StudyError(str(e)) from None
     # the converter's coverage line is replaced by the more precise coverage record

@@ -128,6 +128,16 @@ class ConversionError(RuntimeError):
     """One case cannot be converted; the message is the reason shown to the user."""
 
 
+class NonFiniteImageError(ConversionError):
+    """An image holds NaN/inf voxels under the ``"error"`` policy. ``finding`` says what was found (without a
+    hint, e.g. "PET has 3 non-finite voxel(s) (3 NaN) of 1000"); the message adds the converter's hint
+    (``--nonfinite zero``), which callers without that option (prediction) replace."""
+
+    def __init__(self, message: str, finding: str):
+        super().__init__(message)
+        self.finding = finding
+
+
 @dataclass
 class LoadedCase:
     """One study in memory, before harmonization.
@@ -548,8 +558,8 @@ def _apply_nonfinite_policy(img, what: str, policy: str, warnings: list[str], fo
     if policy != "zero":
         if n_bad == view.size:
             raise ConversionError(f"{what} holds no finite value: all {n_bad} voxels are non-finite ({desc})")
-        raise ConversionError(f"{what} has {n_bad} non-finite voxel(s) ({desc}) of {view.size}; to set them "
-                              f"to 0 instead, convert with --nonfinite zero")
+        finding = f"{what} has {n_bad} non-finite voxel(s) ({desc}) of {view.size}"
+        raise NonFiniteImageError(f"{finding}; to set them to 0 instead, convert with --nonfinite zero", finding)
     arr = sitk.GetArrayFromImage(img)
     arr[~finite] = 0
     out = sitk.GetImageFromArray(arr)
@@ -1198,12 +1208,36 @@ def describe_tree(root: Path, max_files: int = 12, max_scan: int = 20000) -> str
     return f"{root} holds {n_dirs} folder(s) and files: {exts}{more}; e.g. " + ", ".join(examples)
 
 
+def _as_3d_volume(image, path: Path):
+    """``image`` as a 3D volume, or a :class:`ConversionError` that says what the file holds.
+
+    A 4D image with a single volume (NIfTI ``dim[4] = 1``) is taken as its one 3D volume; a 2D image, a 4D
+    image with several volumes (a dynamic or gated series) and other dimensionalities are refused.
+    """
+    import SimpleITK as sitk
+
+    dim = image.GetDimension()
+    size = list(image.GetSize())
+    shape = "x".join(str(s) for s in size)
+    if dim == 3:
+        return image
+    if dim == 4 and size[3] == 1:
+        return sitk.Extract(image, [*size[:3], 0], [0, 0, 0, 0])
+    if dim == 2:
+        raise ConversionError(f"cannot use {path}: 2D image ({shape}): a 3D volume is needed")
+    if dim == 4:
+        raise ConversionError(f"cannot use {path}: 4D image with {size[3]} volumes ({shape}): pass one frame "
+                              "(a 3D volume, e.g. the static whole-body frame)")
+    raise ConversionError(f"cannot use {path}: {dim}D image ({shape}): a 3D volume is needed")
+
+
 def read_image(path: Path):
     """``sitk.ReadImage`` with a :class:`ConversionError` that names the file and says why, in words.
 
     NIfTI files (``.nii``, ``.nii.gz``) are first checked here, before ITK sees them: a truncated or
     corrupt gzip (:func:`nnunetv2_petct.io.check_nifti_gz_complete`), a header that is not NIfTI, and
-    complex or RGB voxels (not intensities) are refused. ITK's NIfTI reader turns NaN/inf voxels into 0;
+    complex or RGB voxels (not intensities) are refused; so are 2D images and 4D images with more than one
+    volume (:func:`_as_3d_volume`; a 4D image of one volume is read as that volume). ITK's NIfTI reader turns NaN/inf voxels into 0;
     floating-point files are therefore scanned for them in the file's own data
     (:mod:`nnunetv2_petct.conversion.nifti`) and the returned image holds them again, so that the
     converter's non-finite policy (:class:`ConversionOptions` ``nonfinite``) sees them.
@@ -1236,6 +1270,7 @@ def read_image(path: Path):
         image = sitk.ReadImage(str(path))
     except Exception as e:  # noqa: BLE001 - SimpleITK raises RuntimeError with a long ITK message
         raise ConversionError(f"cannot read {path}: {describe_itk_error(e)}") from None
+    image = _as_3d_volume(image, path)
     if header is not None and header.can_hold_nonfinite:
         try:
             if scan_nonfinite(path, header).total:

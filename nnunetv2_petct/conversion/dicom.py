@@ -125,6 +125,8 @@ class DicomSeries:
         units: PET Units ("" for other modalities).
         excluded: why this CT/PT series does not qualify (set aside), None if it qualifies.
         geometry_problem: why the slices do not form one regular volume, None if they do.
+        instance_problem: why the instances cannot stand for their slices (two slices sharing one
+            SOPInstanceUID: a DICOM-SEG could not say which one it segments), None if they can.
         image_type: ImageType values (upper case).
         corrected_image: CorrectedImage values (PET; upper case).
         plane: "axial", "coronal" or "sagittal" (the patient axis closest to the slice normal), ""
@@ -146,6 +148,7 @@ class DicomSeries:
     units: str = ""
     excluded: str | None = None
     geometry_problem: str | None = None
+    instance_problem: str | None = None
     image_type: list[str] = field(default_factory=list)
     corrected_image: list[str] = field(default_factory=list)
     plane: str = ""
@@ -300,6 +303,9 @@ class DicomScan:
             files are not counted.
         other_studies: studies without any CT/PT instance (e.g. RT objects of the same patient in
             another study folder), each ``{"study_uid", "patient_id", "root", "objects": {kind: n}}``.
+        unreadable: files that carry the DICOM marker (``DICM`` after the 128-byte preamble) but whose header
+            cannot be read (truncated or corrupt); counted in ``n_not_dicom`` too. A series with a gap in
+            a folder that holds such files names them (a truncated slice, not a missing one).
     """
 
     root: Path
@@ -307,6 +313,7 @@ class DicomScan:
     n_files: int = 0
     n_not_dicom: int = 0
     other_studies: list[dict] = field(default_factory=list)
+    unreadable: list[Path] = field(default_factory=list)
 
     @property
     def other_objects(self) -> dict[str, int]:
@@ -382,6 +389,31 @@ def _floats(ds: Any, keyword: str) -> list[float] | None:
         return [float(x) for x in (v if hasattr(v, "__iter__") and not isinstance(v, str) else [v])]
     except (TypeError, ValueError):
         return None
+
+
+def _has_dicom_marker(path: Path) -> bool:
+    """True when ``path`` has the DICOM Part 10 marker (``DICM`` at byte 128): a DICOM file, readable or not."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _name_unreadable_neighbours(s: DicomSeries, unreadable: Sequence[Path], n_files: int) -> None:
+    """A series with a gap (non-uniform spacing) in a folder with unreadable DICOM files: say which files, so
+    that a truncated slice is not taken for a missing one (re-copy them)."""
+    if not unreadable or not s.geometry_problem or "missing slices" not in s.geometry_problem:
+        return
+    folders = {p.parent for p in s.files}
+    near = sorted(p for p in unreadable if p.parent in folders)
+    if not near:
+        return
+    shown = ", ".join(str(p) for p in near[:5]) + (f" and {len(near) - 5} more" if len(near) > 5 else "")
+    s.geometry_problem += (f"; {len(near)} file(s) next to this series are DICOM but cannot be read (truncated "
+                           f"or corrupt: copy them again): {shown}")
+    s.excluded = _set_aside_reason(s, n_files)
 
 
 def _read_header(path: Path):
@@ -598,8 +630,31 @@ def _describe_series(series: DicomSeries, headers: Sequence[Any]) -> list[int] |
         series.plane = _plane(normal)
         series.spacing_mm_zyx = (geom.spacing_xyz[2], geom.spacing_xyz[1], geom.spacing_xyz[0])
         series.z_range_mm = _z_range_mm(geom)
+        series.instance_problem = _shared_sop_instance_uids(series.files, headers)
     series.excluded = _set_aside_reason(series, len(headers))
     return order
+
+
+def _shared_sop_instance_uids(paths: Sequence[Path], headers: Sequence[Any]) -> str | None:
+    """Why the slices of a regular series cannot be told apart by SOPInstanceUID, or None.
+
+    Called once the slices sit at distinct positions (copies of one instance are caught before, as repeated
+    positions): two different slices with one UID are a broken export, and a DICOM-SEG referencing that UID
+    would point at two images.
+    """
+    by_uid: dict[str, list[Path]] = defaultdict(list)
+    for p, h in zip(paths, headers):
+        uid = _str(h, "SOPInstanceUID")
+        if uid:
+            by_uid[uid].append(p)
+    shared = {u: ps for u, ps in by_uid.items() if len(ps) > 1}
+    if not shared:
+        return None
+    n = sum(len(ps) for ps in shared.values())
+    uid, ps = next(iter(sorted(shared.items())))
+    return (f"{n} slices at different positions share {len(shared)} SOPInstanceUID(s) (e.g. {uid}: "
+            f"{', '.join(str(p) for p in ps[:3])}): every slice needs its own UID (a DICOM-SEG references each "
+            "one); export the series again")
 
 
 def _set_aside_reason(s: DicomSeries, n_files: int) -> str | None:
@@ -620,6 +675,8 @@ def _set_aside_reason(s: DicomSeries, n_files: int) -> str | None:
         return f"only {n_files} slice(s): a localizer/scout or single image, not a volume"
     if s.geometry_problem:
         return f"not one regular volume: {s.geometry_problem}"
+    if s.instance_problem:
+        return s.instance_problem
     if s.plane and s.plane != "axial":
         return f"{s.plane} slices: a non-axial reformat"
     return None
@@ -795,6 +852,8 @@ def scan_dicom_folder(root: Path, progress: bool = False, *, ct_series: str | No
         ds = _read_header(path)
         if ds is None:
             scan.n_not_dicom += 1
+            if _has_dicom_marker(path):
+                scan.unreadable.append(path)
             continue
         sop = _str(ds, "SOPClassUID") or _str(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID")
         if sop == MEDIA_DIRECTORY_STORAGE:
@@ -803,6 +862,8 @@ def scan_dicom_folder(root: Path, progress: bool = False, *, ct_series: str | No
         if not st or not se:
             logger.debug("%s has no Study/SeriesInstanceUID; skipped", path)
             scan.n_not_dicom += 1
+            if _has_dicom_marker(path):  # a truncated header reads as a dataset without its UIDs
+                scan.unreadable.append(path)
             continue
         studies[st][se].append((path, ds))
     if scan.n_not_dicom:
@@ -828,6 +889,7 @@ def scan_dicom_folder(root: Path, progress: bool = False, *, ct_series: str | No
             )
             if modality in ("CT", "PT"):
                 order = _describe_series(s, [h for _, h in items])
+                _name_unreadable_neighbours(s, scan.unreadable, len(items))
                 if order is not None:
                     s.files = [items[i][0] for i in order]
                 else:
@@ -1076,6 +1138,11 @@ def load_dicom_study(study: DicomStudy, allow_non_fdg: bool = False, assume_fdg_
     pet, pet_facts = load_pet_series(study.pt)
     assumptions += ct_facts.pop("assumptions")
     assumptions += [f"SUV: {n}" for n in pet_facts["suv"].get("notes", [])]
+    from nnunetv2_petct.conversion.suv import weight_warning
+
+    weight_note = weight_warning(pet_facts["suv"].get("weight_kg"))
+    if weight_note:
+        warnings.append(weight_note)  # shown per study by the CLIs and kept in their reports
     for_match = (study.ct.frame_of_reference_uid == study.pt.frame_of_reference_uid
                  and bool(study.ct.frame_of_reference_uid))
     for mod, name, flag in (("PT", "PET", "--pet-series"), ("CT", "CT", "--ct-series")):

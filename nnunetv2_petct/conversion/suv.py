@@ -74,6 +74,24 @@ logger = logging.getLogger(__name__)
 F18_HALF_LIFE_S = 6586.2  # 109.77 min, the value scanners write for 18F
 _DOSE_MIN_PLAUSIBLE_BQ = 1.0e5  # smaller doses are almost surely MBq or mCi written into a Bq field
 _WEIGHT_MAX_PLAUSIBLE_KG = 500.0  # larger weights are almost surely grams or pounds
+#: PatientWeight (kg) outside this range is used, with a warning: SUVbw scales with the weight, and such a
+#: value is more often a typing or unit error than a patient.
+WEIGHT_USUAL_RANGE_KG = (20.0, 250.0)
+
+
+def weight_warning(weight_kg: float | None) -> str | None:
+    """A warning for a PatientWeight outside :data:`WEIGHT_USUAL_RANGE_KG`, or None (also for None: a missing
+    weight is an error of its own, raised where the SUV factor needs it).
+
+    Example: 500 kg -> "PatientWeight 500 kg is outside the usual 20-250 kg: every SUV scales with it ...".
+    """
+    if weight_kg is None:
+        return None
+    lo, hi = WEIGHT_USUAL_RANGE_KG
+    if lo <= weight_kg <= hi:
+        return None
+    return (f"PatientWeight {weight_kg:g} kg is outside the usual {lo:g}-{hi:g} kg: every SUV scales with it "
+            f"(SUVbw = activity x weight / dose); check the header if this is not the patient's weight")
 
 PHILIPS_SUV_SCALE_FACTOR_TAG = 0x70531000
 PHILIPS_ACTIVITY_CONCENTRATION_SCALE_FACTOR_TAG = 0x70531009

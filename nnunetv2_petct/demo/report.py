@@ -16,7 +16,7 @@ from nnunetv2_petct.demo.config import (
     fold_dir,
     foundation_checkpoint,
 )
-from nnunetv2_petct.io import fmt_number, write_text_atomic
+from nnunetv2_petct.io import fmt_number, machine_facts, write_text_atomic
 
 METHOD_LABELS = {
     "pretrained": "fine-tuned from the foundation model",
@@ -312,6 +312,7 @@ def write_report(demo: Demo) -> Path:
                 if (r["fold_dir"] / "progress.png").is_file()]
     if progress:
         lines += ["nnU-Net's own progress plots of the segmentation runs: " + ", ".join(progress) + ".", ""]
+    lines += what_decides_the_numbers(demo)
     lines += ["## Time per step", "", "| step | seconds |", "|---|---|",
               *[f"| {k} | {v:.0f} |" for k, v in demo.timings.items()], "",
               f"Training runs of a step ran {demo.jobs} at a time.", "",
@@ -322,6 +323,30 @@ def write_report(demo: Demo) -> Path:
               "```bash", *demo.commands, "```", ""]
     write_text_atomic(commands_script(demo.commands), demo.out / "commands.sh")
     return write_text_atomic("\n".join(lines), demo.out / "report.md")
+
+
+def training_threads_text(demo: Demo, facts: dict) -> str:
+    """How many CPU threads each training run used, as the demo started them."""
+    if demo.device != "cpu":
+        return f"device {demo.device}"
+    if demo.jobs > 1:
+        return f"OMP_NUM_THREADS=1 per run, {demo.jobs} runs at a time"
+    omp = demo.env().get("OMP_NUM_THREADS")
+    return f"OMP_NUM_THREADS={omp}" if omp else f"torch's default ({facts.get('logical_cores')} logical cores)"
+
+
+def what_decides_the_numbers(demo: Demo) -> list[str]:
+    """The report section that says where the seeded numbers repeat (issue 21, item 4)."""
+    f = machine_facts()
+    gpu = f" GPU {f['gpu']}," if f.get("gpu") and demo.device == "cuda" else ""
+    return ["## What decides these numbers", "",
+            "Everything is seeded: the numbers repeat **on the same machine** with the same software. Another "
+            "CPU (or GPU), another thread count or another torch version runs other floating-point kernels, and "
+            "a seeded run there gives other numbers, sometimes another verdict; every comparison above is "
+            "stated with its own interval for that reason.", "",
+            f"This run: CPU `{f['cpu_model'] or 'unknown'}` ({f['logical_cores']} logical cores),{gpu} torch "
+            f"`{f['torch']}`, Python {f['python']}, training threads: {training_threads_text(demo, f)}; "
+            f"`{f['platform']}`.", ""]
 
 
 def commands_script(commands: list[str]) -> str:

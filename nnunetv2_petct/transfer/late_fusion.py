@@ -221,21 +221,27 @@ def bundle_late_fusion_checkpoints(ct_checkpoint: Mapping, pet_checkpoint: Mappi
     return to_weights_only_safe(ckpt)
 
 
-def write_late_fusion_checkpoint(ct_path: str | os.PathLike, pet_path: str | os.PathLike,
-                                 out_path: str | os.PathLike) -> dict:
-    """Load the two single-modality checkpoints (``weights_only``), bundle them and write ``out_path``
-    atomically; returns the bundle.
+def load_late_fusion_bundle(ct_path: str | os.PathLike, pet_path: str | os.PathLike) -> dict:
+    """Load the two single-modality checkpoints (``weights_only``) and bundle them in memory (nothing written).
 
     Raises:
         FileNotFoundError: a source is missing.
         IncompatibleCheckpointError: a source is not a readable checkpoint.
         LateFusionError: see :func:`bundle_late_fusion_checkpoints`.
     """
-    from nnunetv2_petct.transfer.weights import load_checkpoint, save_checkpoint
+    from nnunetv2_petct.transfer.weights import load_checkpoint
 
     ct_path, pet_path = Path(ct_path).resolve(), Path(pet_path).resolve()
-    bundle = bundle_late_fusion_checkpoints(load_checkpoint(ct_path), load_checkpoint(pet_path),
-                                            (str(ct_path), str(pet_path)))
+    return bundle_late_fusion_checkpoints(load_checkpoint(ct_path), load_checkpoint(pet_path),
+                                          (str(ct_path), str(pet_path)))
+
+
+def write_late_fusion_checkpoint(ct_path: str | os.PathLike, pet_path: str | os.PathLike,
+                                 out_path: str | os.PathLike) -> dict:
+    """:func:`load_late_fusion_bundle`, then write ``out_path`` atomically; returns the bundle (errors as there)."""
+    from nnunetv2_petct.transfer.weights import save_checkpoint
+
+    bundle = load_late_fusion_bundle(ct_path, pet_path)
     save_checkpoint(bundle, out_path)
     return bundle
 
@@ -252,6 +258,7 @@ __all__ = [
     "LateFusionNetwork",
     "bundle_late_fusion_checkpoints",
     "is_late_fusion_checkpoint",
+    "load_late_fusion_bundle",
     "strip_output_layers",
     "write_late_fusion_checkpoint",
 ]

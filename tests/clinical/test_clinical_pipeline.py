@@ -247,18 +247,28 @@ def test_leftovers_of_a_killed_run_are_removed(lesion_case, tmp_path):
     import subprocess
     import sys
 
+    from nnunetv2_petct.io import STAGING_MARKER
+
     write_dicom_study(_named(lesion_case, "K1"), tmp_path / "in", vendor="SIEMENS", seed=11)
     out = tmp_path / "out"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(dead.stdout)
-    for name in (f".work_{dead_pid}_abcd1234", f".tmp_{dead_pid}_abcd1234_K1_20200101",
-                 f".tmp_{os.getppid()}_abcd1234_live"):
+    marked = {f".work_{dead_pid}_abcd1234": dead_pid, f".tmp_{dead_pid}_abcd1234_K1_20200101": dead_pid,
+              "any_name_at_all": dead_pid, f".tmp_{os.getppid()}_abcd1234_live": os.getppid()}
+    for name, pid in marked.items():
         (out / name).mkdir(parents=True)
         (out / name / "x.nii.gz").write_bytes(b"partial")
+        (out / name / STAGING_MARKER).write_text(f"{pid}\n")
+    # result folders whose names look like staging folders (a PatientID can be anything): no marker, kept
+    for name in (f".tmp_{dead_pid}_abcd1234_P_20200101", f".work_{dead_pid}_x"):
+        (out / name).mkdir()
+        (out / name / "report.json").write_text("{}")
     rep = predict_studies(tmp_path / "in", out, _threshold_predictor(), quiet=True)
     assert rep.ok
-    hidden = sorted(p.name for p in out.iterdir() if p.name.startswith("."))
-    assert hidden == [f".tmp_{os.getppid()}_abcd1234_live"]  # a live process's folder is left alone
+    left = sorted(p.name for p in out.iterdir() if p.name not in ("K1_20200101", "summary.csv"))
+    assert left == sorted([f".tmp_{os.getppid()}_abcd1234_live", f".tmp_{dead_pid}_abcd1234_P_20200101",
+                           f".work_{dead_pid}_x"])  # a live process's folder and unmarked folders stay
+    assert not (out / "K1_20200101" / STAGING_MARKER).exists()  # the marker never reaches a result folder
 
 
 def test_run_level_errors(tmp_path):

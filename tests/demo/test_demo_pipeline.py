@@ -43,6 +43,7 @@ def test_demo_report(demo_run):
     assert f"Report: {report}" in demo_run.proc.stdout
     text = report.read_text()
 
+    assert "## What decides these numbers" in text and "on the same machine" in text  # issue 21 item 4
     # every cohort was converted; the pretraining set excludes the held-out AutoPET test studies
     for name in ("AutoPETDemo", "DEEPPSMADemo", "SPADEDemo", "ViMedDemo", "DICOMDemo", "PETCTPretrainDemo"):
         assert name in text

@@ -13,7 +13,13 @@ import pytest
 from nnunetv2_petct.demo.config import PROFILES, Demo, shell_word
 from nnunetv2_petct.demo.figures import first_iteration_above, iterations_axis, plot_pseudo_dice_curves
 from nnunetv2_petct.demo.live import Job, StatusPrinter, format_seconds, parse_progress, run_jobs
-from nnunetv2_petct.demo.report import commands_script, comparison_sentence, method_metrics, paired_rows
+from nnunetv2_petct.demo.report import (
+    commands_script,
+    comparison_sentence,
+    method_metrics,
+    paired_rows,
+    what_decides_the_numbers,
+)
 from nnunetv2_petct.demo.steps import training_commands, training_fold_dir
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -178,3 +184,28 @@ def test_training_fold_dir_follows_nnunets_naming(tmp_path):
     # a dataset id resolves to the preprocessed folder's name
     assert training_fold_dir(demo, ["nnUNetv2_train", "901", "3d_fullres", "6", "-tr",
                                     "nnUNetTrainerPETCTScratch_demo"]) == expected
+
+
+def test_report_says_where_the_numbers_repeat(tmp_path, monkeypatch):
+    """Issue 21 item 4: the report names what decides a seeded run's numbers (CPU, torch, threads)."""
+    import platform
+
+    import torch
+
+    from nnunetv2_petct.io import cpu_model, machine_facts
+
+    facts = machine_facts()
+    assert facts["torch"] == torch.__version__ and facts["torch_threads"] == torch.get_num_threads()
+    assert facts["logical_cores"] == __import__("os").cpu_count() and facts["cpu_model"] == cpu_model()
+    if platform.system() == "Linux":
+        assert facts["cpu_model"]  # /proc/cpuinfo names it
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    one = "\n".join(what_decides_the_numbers(Demo(out=tmp_path, profile=PROFILES["test"], device="cpu")))
+    assert "on the same machine" in one and f"torch `{torch.__version__}`" in one
+    assert f"CPU `{facts['cpu_model'] or 'unknown'}` ({facts['logical_cores']} logical cores)" in one
+    assert f"training threads: torch's default ({facts['logical_cores']} logical cores)" in one
+    two = "\n".join(what_decides_the_numbers(Demo(out=tmp_path, profile=PROFILES["test"], device="cpu", jobs=2)))
+    assert "training threads: OMP_NUM_THREADS=1 per run, 2 runs at a time" in two
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    three = "\n".join(what_decides_the_numbers(Demo(out=tmp_path, profile=PROFILES["test"], device="cpu")))
+    assert "training threads: OMP_NUM_THREADS=3" in three

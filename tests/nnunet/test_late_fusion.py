@@ -162,6 +162,12 @@ def test_late_fusion_cli_writes_a_bundle_the_stock_loader_accepts(plans, tmp_pat
                               str(tmp_path / "bad.pth")], capture_output=True, text=True, timeout=300)
     assert swapped.returncode == 2 and swapped.stderr.startswith("error: ") and "swap" in swapped.stderr
     assert not (tmp_path / "bad.pth").exists()
+    # issue 21 item 8: a --check target that cannot be read refuses before anything is written
+    missing = subprocess.run([cli("nnUNetv2_petct_late_fusion_checkpoint"), "--ct", str(ct), "--pet", str(pet),
+                              "-o", str(tmp_path / "lf7.pth"), "--check", str(tmp_path / "missing_plans.json")],
+                             capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and missing.stderr.startswith("error: --check ") and "Traceback" not in missing.stderr
+    assert "nothing written" in missing.stderr and not (tmp_path / "lf7.pth").exists()
 
 
 # ------------------------------------------------------------------------------------- end to end

@@ -170,3 +170,57 @@ def alive(pids) -> list[int]:
         if state != "Z":
             out.append(pid)
     return out
+
+
+MODEL_TRAINER = "nnUNetTrainerPETCT"
+
+
+def write_model_folder(root: Path, plans: dict | None = None, dataset: dict | None = None,
+                       trainer: str = MODEL_TRAINER) -> Path:
+    """A trained-model folder layout ``root/Dataset501_X/<trainer>__nnUNetPlans__3d_fullres`` with
+    ``plans.json``, ``dataset.json`` and an empty ``fold_0`` (the checkpoint is the test's business)."""
+    import json
+
+    folder = root / "Dataset501_X" / f"{trainer}__nnUNetPlans__3d_fullres"
+    (folder / "fold_0").mkdir(parents=True)
+    (folder / "plans.json").write_text(json.dumps(plans or {}))
+    (folder / "dataset.json").write_text(json.dumps(dataset or {"channel_names": {"0": "CT", "1": "PET"},
+                                                                "labels": {"background": 0, "lesion": 1}}))
+    return folder
+
+
+def network_state(plans: dict, dataset: dict, in_channels: int | None = None, trainer: str = MODEL_TRAINER) -> dict:
+    """The state dict of a freshly built (untrained) network of ``trainer`` for ``plans``/``dataset``."""
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunetv2_petct.nnunet.registry import find_trainer_class
+
+    pm = PlansManager(plans)
+    cm = pm.get_configuration("3d_fullres")
+    n_in = in_channels or determine_num_input_channels(pm, cm, dataset)
+    net = find_trainer_class(trainer).build_network_architecture(
+        pm, cm, n_in, pm.get_label_manager(dataset).num_segmentation_heads, enable_deep_supervision=False)
+    return net.state_dict()
+
+
+def model_checkpoint(weights: dict, trainer: str = MODEL_TRAINER, **extra) -> dict:
+    """A weights-only checkpoint dict as nnU-Net's predictor reads it."""
+    return {"network_weights": weights, "trainer_name": trainer, "init_args": {"configuration": "3d_fullres"},
+            "inference_allowed_mirroring_axes": (0, 1, 2), **extra}
+
+
+def untrained_model_folder(tiny_planned, root: Path) -> Path:
+    """A model folder for the tiny plans of ``tiny_planned`` whose ``fold_0/checkpoint_final.pth`` holds the
+    weights of an untrained network: enough to run ``nnUNetv2_petct_predict`` end to end (what it segments
+    does not matter to the input-handling tests)."""
+    import json
+
+    import torch
+
+    pre = Path(tiny_planned.env["nnUNet_preprocessed"]) / tiny_planned.dataset_name
+    plans = json.loads((pre / "nnUNetPlans.json").read_text())
+    dataset = json.loads((pre / "dataset.json").read_text())
+    folder = write_model_folder(root, plans, dataset)
+    torch.save(model_checkpoint(network_state(plans, dataset)), folder / "fold_0" / "checkpoint_final.pth")
+    return folder

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from reliability_helpers import model_checkpoint as _checkpoint
+from reliability_helpers import network_state as _network_state
 from reliability_helpers import run_cli
-
-TRAINER = "nnUNetTrainerPETCT"
+from reliability_helpers import write_model_folder as _model_folder
 
 
 class Payload:
@@ -26,39 +27,11 @@ class Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-def _model_folder(root: Path, plans: dict | None = None, dataset: dict | None = None) -> Path:
-    folder = root / "Dataset501_X" / f"{TRAINER}__nnUNetPlans__3d_fullres"
-    (folder / "fold_0").mkdir(parents=True)
-    (folder / "plans.json").write_text(json.dumps(plans or {}))
-    (folder / "dataset.json").write_text(json.dumps(dataset or {"channel_names": {"0": "CT", "1": "PET"},
-                                                                "labels": {"background": 0, "lesion": 1}}))
-    return folder
-
-
 def _predict(folder: Path, inp: Path, out: Path, **env: str):
     inp.mkdir(exist_ok=True)
     args = ["-i", inp, "-o", out, "-m", folder, "-f", "0", "-device", "cpu", "--disable_tta", "-npp", "0",
             "-nps", "0", "-q"]
     return run_cli("nnUNetv2_petct_predict", args, {**os.environ, **env}, timeout=300)
-
-
-def _network_state(plans: dict, dataset: dict, in_channels: int | None = None) -> dict:
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    from nnunetv2_petct.nnunet.registry import find_trainer_class
-
-    pm = PlansManager(plans)
-    cm = pm.get_configuration("3d_fullres")
-    n_in = in_channels or determine_num_input_channels(pm, cm, dataset)
-    net = find_trainer_class(TRAINER).build_network_architecture(
-        pm, cm, n_in, pm.get_label_manager(dataset).num_segmentation_heads, enable_deep_supervision=False)
-    return net.state_dict()
-
-
-def _checkpoint(weights: dict, **extra) -> dict:
-    return {"network_weights": weights, "trainer_name": TRAINER, "init_args": {"configuration": "3d_fullres"},
-            "inference_allowed_mirroring_axes": (0, 1, 2), **extra}
 
 
 def test_payload_checkpoint_in_model_folder_never_runs(tmp_path):
