@@ -35,7 +35,7 @@ test-fast: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m nnunetv2_petct.demo
 
-# The interactive (click-guided) phantom study: about 40 min on 2 CPU cores (see README, docs/benchmarks.md).
+# The interactive (click-guided) phantom study: about 1-1.5 h on 2 CPU cores (see README, docs/benchmarks.md).
 demo-interactive: $(STAMP)
 	$(PY) -m nnunetv2_petct.benchmarks interactive --budget cpu-1h --out demo_interactive
 

@@ -21,7 +21,7 @@ BENCHMARKS = {
                                                    "(--budget cpu-1h: about 1 h on 2 CPU cores; gpu)"),
     "interactive": ("bench_interactive", "phantom click-guided segmentation (autoPET IV protocol, 0..10 clicks): "
                                          "interactive fine-tuned vs interactive scratch vs non-interactive, 3 seeds "
-                                         "(--budget cpu-1h: about 40 min on 2 CPU cores; gpu)"),
+                                         "(--budget cpu-1h: about 1-1.5 h on 2 CPU cores; gpu)"),
 }
 #: Not part of ``all``: long studies and the GPU check (which repeats mae-step, dataloader and predict).
 NOT_IN_ALL = ("gpu", "label-efficiency", "interactive")

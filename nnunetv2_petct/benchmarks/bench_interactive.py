@@ -16,7 +16,7 @@ then the click axis (:func:`nnunetv2_petct.nnunet.interactive_study.click_axis`)
 error-driven clicks on the held-out test set, Dice-vs-clicks curves with error bars over seeds, and paired
 comparisons on dice_auc (per-case values averaged over seeds, bootstrap CI, Wilcoxon p).
 
-Budgets: ``cpu-1h`` (about 30-40 min on 2 CPU cores: the demo's small phantoms and tiny plans, 10-shot subsets,
+Budgets: ``cpu-1h`` (about 1-1.5 h on 2 CPU cores, measured 80 min: the demo's small phantoms and tiny plans, 10-shot subsets,
 3 seeds, the ``_demo`` schedules, 1,500 iterations per run); ``gpu`` (nnU-Net's own plans, ``_bench``
 schedules, 30 % fraction, 3 seeds); ``tiny`` (the code path at the tiniest size, tests). Re-running with the
 same ``--out`` reuses finished steps.

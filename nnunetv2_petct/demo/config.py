@@ -85,7 +85,7 @@ PROFILES["bench-tiny"] = replace(PROFILES["test"], name="bench-tiny", fractions=
 # pipeline with the interactive methods and the non-interactive fine-tuned model on the same subsets and seeds.
 INTERACTIVE_METHODS = ("interactive_pretrained", "interactive_scratch", "pretrained")
 PROFILES["bench-interactive-cpu"] = replace(PROFILES["demo"], name="bench-interactive-cpu", methods=INTERACTIVE_METHODS,
-                                            seeds=3, description="interactive benchmark, ~40 min on 2 CPU cores")
+                                            seeds=3, description="interactive benchmark, ~1-1.5 h on 2 CPU cores")
 PROFILES["bench-interactive-gpu"] = replace(PROFILES["bench-gpu"], name="bench-interactive-gpu",
                                             methods=INTERACTIVE_METHODS, fractions=(0.3,),
                                             description="interactive benchmark for one GPU")
