@@ -252,8 +252,11 @@ def test_ctrl_c_prints_one_line_and_leaves_nothing_half_written(rel_cases, model
     env = cli_env(tmp_path, PYTHONPATH=f"{shim}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
                   RELIABILITY_SHIM="slow", RELIABILITY_SLEEP_S="3")
     exe = Path(sys.executable).parent / "nnUNetv2_petct_predict"
+    # a shell starting a job in the background (`cmd &`, as some CI runners do) sets SIGINT to "ignore", and
+    # children inherit that: give the command the default disposition, as a terminal's Ctrl-C finds it
     proc = subprocess.Popen([str(exe), "-i", str(inp), "-o", str(out), "-m", str(model), *PREDICT_ARGS], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not (out.exists() and any(out.glob(".work_*/inputs"))):
         time.sleep(0.2)  # the run is writing the network input of the study (3 s per image)
