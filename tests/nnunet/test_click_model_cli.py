@@ -8,7 +8,7 @@ the other. Tumor clicks are put at a lesion's interior point (the autoPET IV rul
 ground truth; the tests check the precondition (missed without clicks) rather than assume it.
 
 Covered: a click on the missed lesion makes ``nnUNetv2_petct_predict --clicks`` find it; the session API a
-viewer drives (tumor click raises the lesion probability there, a background click lowers it); zero clicks =
+viewer drives (a tumor click raises the lesion probability there, a background click there does not); zero clicks =
 the non-interactive result; named errors for bad click files and for a non-interactive model; the autoPET IV
 container layout; ``nnUNetv2_petct_evaluate_interactive`` end to end, rescored from its written predictions.
 """
@@ -16,7 +16,6 @@ container layout; ``nnUNetv2_petct_evaluate_interactive`` end to end, rescored f
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from tests.conftest import REPO, cli, run
+from tests.reliability.reliability_helpers import cli_env
 
 pytestmark = pytest.mark.slow  # real model predictions through the CLIs (each a few seconds)
 
@@ -39,10 +39,7 @@ CONNECTIVITY = ndimage.generate_binary_structure(3, 2)  # 18-connectivity, as th
 
 @pytest.fixture
 def env(tmp_path) -> dict[str, str]:
-    e = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
-    e.update(nnUNet_raw=str(tmp_path / "raw"), nnUNet_preprocessed=str(tmp_path / "pre"),
-             nnUNet_results=str(tmp_path / "results"), OMP_NUM_THREADS="2")
-    return e
+    return cli_env(tmp_path)
 
 
 @pytest.fixture
@@ -134,7 +131,7 @@ def test_a_tumor_click_on_a_missed_lesion_makes_the_model_find_it(study, env, tm
     assert after["model"]["interactive"]["clicks"][CASE] == {"tumor": [_xyz(at)], "background": []}
 
 
-def test_session_api_tumor_click_raises_and_background_click_lowers_the_lesion_probability():
+def test_session_api_tumor_click_raises_the_lesion_probability_and_a_background_click_does_not():
     """What a viewer drives: one session per study (preprocessed once), one prediction per click set."""
     from nnunetv2_petct.interactive.clicks import Clicks
     from nnunetv2_petct.nnunet.interactive_predictor import InteractiveLesionPredictor

@@ -97,8 +97,7 @@ def test_scratch_interactive_model_trained_and_refuses_pretrained_weights(intera
     assert ckpt["trainer_name"] == FROM_SCRATCH and stem.shape[1] == 4  # CT, PET, two click channels
     assert not (fold / "interactive_stem.json").exists()  # nothing to widen from scratch
     proc = run([cli("nnUNetv2_train"), str(COPY_ID), "3d_fullres", "1", "-tr", FROM_SCRATCH, "-device", "cpu",
-                "-pretrained_weights",
-                str(interactive.foundation)], interactive.env, check=False, timeout=600)
+                "-pretrained_weights", str(interactive.foundation)], interactive.env, check=False, timeout=600)
     assert proc.returncode != 0
     assert "refuses pretrained weights" in proc.stdout + proc.stderr
 
